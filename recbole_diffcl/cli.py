@@ -1,0 +1,48 @@
+"""Command line of the plugin: ``python run_recbole_diffcl.py`` or ``python -m recbole_diffcl``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    parser = argparse.ArgumentParser(
+        description="Train and evaluate a sequential recommender (DiffCLRec, CL4SRec, DuoRec or any RecBole "
+        "model) with the recbole_diffcl plugin. Extra --key=value pairs override properties.",
+    )
+    parser.add_argument("--model", "-m", default="DiffCLRec", help="model name (default: DiffCLRec)")
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
+    parser.add_argument("--config_files", default=None, help="space-separated YAML property files")
+    parser.add_argument("--result_file", default=None, help="write the run's summary to this JSON file")
+    args, rest = parser.parse_known_args(argv)
+    overrides: dict[str, str] = {}
+    for arg in rest:
+        key, sep, value = arg[2:].partition("=")
+        if not arg.startswith("--") or not sep or not key:
+            parser.error(f"unrecognised argument '{arg}': properties are given as --name=value")
+        overrides[key] = value
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    from recbole_diffcl.errors import UserError
+    from recbole_diffcl.quick_start import run
+
+    try:
+        run(
+            model=args.model,
+            dataset=args.dataset,
+            config_file_list=args.config_files.split() if args.config_files else None,
+            config_dict=overrides,
+            result_file=args.result_file,
+        )
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+

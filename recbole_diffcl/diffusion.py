@@ -1,0 +1,264 @@
+"""Diffusion machinery of DiffCLRec, independent of any RecBole dataset.
+
+DiffCLRec (Cui et al., "Diffusion-based Contrastive Learning for Sequential Recommendation",
+arXiv 2405.09369; CIKM 2024 as CaDiRec) replaces a few items of a user sequence with items that a
+diffusion model generates from the context on both sides. This module holds the parts of that
+process that do not depend on RecBole:
+
+- :class:`NoiseSchedule`: betas / alpha-bars for the ``sqrt`` (DiffuSeq), ``linear`` and ``cosine``
+  schedules;
+- :func:`choose_positions`, :func:`add_context_noise`, :func:`q_sample`: which positions to replace
+  and the forward (noising) process applied to those positions only;
+- :class:`Denoiser`: a bidirectional Transformer that predicts x0 from x_t and the timestep;
+- :func:`sample_topk`, :func:`make_views`, :func:`ddim_reverse`: turning denoiser predictions into
+  augmented item sequences (one-step x0 prediction as the authors do, or a few-step DDIM sampler).
+
+All random draws are made per *real* (or per chosen) position, never per padded cell, so a batch
+trimmed to its longest sequence draws exactly the same numbers as the padded batch. Every function
+takes an optional ``torch.Generator`` so that seeded runs repeat exactly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from recbole.model.layers import TransformerEncoder
+
+NOISE_SCHEDULES = ("sqrt", "linear", "cosine")
+POSITION_MODES = ("relative", "absolute", "none")
+
+
+def _betas_for_alpha_bar(steps: int, alpha_bar, max_beta: float = 0.999) -> np.ndarray:
+    # Discretise a continuous alpha-bar(s), s in [0, 1], into per-step betas (Nichol & Dhariwal 2021).
+    betas = [min(1.0 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), max_beta) for i in range(steps)]
+    return np.asarray(betas, dtype=np.float64)
+
+
+def make_betas(name: str, steps: int) -> np.ndarray:
+    """Betas of the named noise schedule with ``steps`` steps (float64, each in (0, 1))."""
+    if steps < 1:
+        raise ValueError(f"diffusion_steps must be >= 1, got {steps}")
+    if name == "sqrt":  # DiffuSeq's schedule, used by the DiffCLRec authors
+        return _betas_for_alpha_bar(steps, lambda s: 1.0 - math.sqrt(s + 1e-4))
+    if name == "linear":  # DDPM's, rescaled so that any step count spans the same noise range
+        scale = 1000.0 / steps
+        return np.linspace(scale * 1e-4, min(scale * 0.02, 0.999), steps, dtype=np.float64)
+    if name == "cosine":
+        return _betas_for_alpha_bar(steps, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
+    raise ValueError(f"unknown noise_schedule '{name}', expected one of {NOISE_SCHEDULES}")
+
+
+class NoiseSchedule(nn.Module):
+    """Per-step coefficients of the forward process q(x_t | x_0), kept as (non-persistent) buffers."""
+
+    def __init__(self, name: str = "sqrt", steps: int = 1000):
+        super().__init__()
+        self.name, self.steps = name, steps
+        betas = make_betas(name, steps)
+        alphas_cumprod = np.cumprod(1.0 - betas)
+        as_buffer = lambda array: torch.tensor(array, dtype=torch.float32)  # noqa: E731
+        self.register_buffer("betas", as_buffer(betas), persistent=False)
+        self.register_buffer("alphas_cumprod", as_buffer(alphas_cumprod), persistent=False)
+        self.register_buffer("sqrt_alphas_cumprod", as_buffer(np.sqrt(alphas_cumprod)), persistent=False)
+        self.register_buffer(
+            "sqrt_one_minus_alphas_cumprod", as_buffer(np.sqrt(1.0 - alphas_cumprod)), persistent=False
+        )
+
+    def sample_timesteps(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """One timestep per sequence, uniform over {0, ..., steps - 1}."""
+        return torch.randint(0, self.steps, (batch_size,), generator=generator, device=self.betas.device)
+
+
+def _randn(n: int, dim: int, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    return torch.randn(n, dim, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def choose_positions(
+    item_seq: torch.Tensor, ratio: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Bool mask (B x L): each real (non-zero) position is chosen independently with probability ``ratio``."""
+    real = item_seq != 0
+    chosen = torch.zeros_like(real)
+    # One draw per real position (row-major order), so trimming the padding changes nothing.
+    draws = torch.rand(int(real.sum()), generator=generator, device=item_seq.device)
+    chosen[real] = draws < ratio
+    return chosen
+
+
+def add_context_noise(
+    emb: torch.Tensor, real: torch.Tensor, schedule: NoiseSchedule, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """x0 = E[S] plus Gaussian noise of std sqrt(1 - alpha-bar_0) at every real position (DiffuSeq's x_start)."""
+    noise = torch.zeros_like(emb)
+    noise[real] = _randn(int(real.sum()), emb.size(-1), emb, generator)
+    return emb + schedule.sqrt_one_minus_alphas_cumprod[0] * noise
+
+
+def q_sample(
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    chosen: torch.Tensor,
+    schedule: NoiseSchedule,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Forward diffusion at chosen positions only; every other position keeps x0 exactly (the context).
+
+    x0: B x L x d, t: B (one timestep per sequence), chosen: B x L bool.
+    """
+    rows, cols = chosen.nonzero(as_tuple=True)
+    step = t[rows]
+    noise = _randn(rows.numel(), x0.size(-1), x0, generator)
+    noisy = (
+        schedule.sqrt_alphas_cumprod[step, None] * x0[rows, cols]
+        + schedule.sqrt_one_minus_alphas_cumprod[step, None] * noise
+    )
+    return x0.index_put((rows, cols), noisy)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (B,) -> (B, dim), as in DDPM / DiffuSeq."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class Denoiser(nn.Module):
+    """Bidirectional Transformer f(x_t, t) -> x0 prediction for every position.
+
+    Only padding is masked: each position sees the context on both sides. Position information is
+    ``relative`` (a learned per-head bias on the attention score for each clipped distance, shared by
+    all layers, close to the authors' relative-position attention), ``absolute`` (learned position
+    embeddings added to the input) or ``none``.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        max_seq_length: int,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        inner_size: int = 128,
+        hidden_dropout_prob: float = 0.2,
+        attn_dropout_prob: float = 0.2,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        position: str = "relative",
+    ):
+        super().__init__()
+        if position not in POSITION_MODES:
+            raise ValueError(f"unknown denoiser position mode '{position}', expected one of {POSITION_MODES}")
+        self.hidden_size, self.max_seq_length, self.n_heads, self.position = (
+            hidden_size, max_seq_length, n_heads, position,
+        )
+        self.time_mlp = nn.Sequential(
+            nn.Linear(hidden_size, 4 * hidden_size), nn.SiLU(), nn.Linear(4 * hidden_size, hidden_size)
+        )
+        if position == "absolute":
+            self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
+        elif position == "relative":
+            self.relative_bias = nn.Embedding(2 * max_seq_length - 1, n_heads)
+            nn.init.zeros_(self.relative_bias.weight)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(hidden_dropout_prob)
+        self.encoder = TransformerEncoder(
+            n_layers=n_layers,
+            n_heads=n_heads,
+            hidden_size=hidden_size,
+            inner_size=inner_size,
+            hidden_dropout_prob=hidden_dropout_prob,
+            attn_dropout_prob=attn_dropout_prob,
+            hidden_act=hidden_act,
+            layer_norm_eps=layer_norm_eps,
+        )
+        self.output = nn.Linear(hidden_size, hidden_size)
+
+    def attention_mask(self, real: torch.Tensor) -> torch.Tensor:
+        """Additive mask: -10000 on padded keys (as RecBole), plus the relative-position bias."""
+        mask = torch.where(real[:, None, None, :], 0.0, -10000.0)  # B x 1 x 1 x L
+        if self.position == "relative":
+            length = real.size(1)
+            pos = torch.arange(length, device=real.device)
+            distance = (pos[None, :] - pos[:, None]) + self.max_seq_length - 1  # L x L, key - query
+            bias = self.relative_bias(distance).permute(2, 0, 1)  # H x L x L
+            mask = mask + bias[None]
+        return mask
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """x_t: B x L x d noisy embeddings, t: B timesteps, real: B x L bool (non-padding)."""
+        h = x_t + self.time_mlp(timestep_embedding(t, self.hidden_size))[:, None, :]
+        if self.position == "absolute":
+            h = h + self.position_embedding.weight[: x_t.size(1)][None]
+        h = self.dropout(self.LayerNorm(h))
+        h = self.encoder(h, self.attention_mask(real), output_all_encoded_layers=False)[-1]
+        return self.output(h)
+
+
+def sample_topk(
+    logits: torch.Tensor,
+    k: int,
+    n_views: int = 2,
+    excluded: tuple[int, ...] = (0,),
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """For each row of ``logits`` (N x n_items) draw ``n_views`` items uniformly from its top-k.
+
+    Ids in ``excluded`` (the padding id 0) are never returned. Returns N x n_views item ids.
+    """
+    logits = logits.detach().clone()
+    logits[:, list(excluded)] = -torch.inf
+    k = max(1, min(k, logits.size(1) - len(excluded)))
+    top = logits.topk(k, dim=1).indices  # N x k
+    pick = torch.randint(0, k, (top.size(0), n_views), generator=generator, device=logits.device)
+    return top.gather(1, pick)
+
+
+def make_views(item_seq: torch.Tensor, chosen: torch.Tensor, sampled: torch.Tensor) -> list[torch.Tensor]:
+    """One augmented copy of ``item_seq`` per column of ``sampled`` (N_chosen x n_views).
+
+    Chosen positions take the sampled items (row-major order of ``chosen``); all others keep the original.
+    """
+    views = []
+    for v in range(sampled.size(1)):
+        view = item_seq.clone()
+        view[chosen] = sampled[:, v]
+        views.append(view)
+    return views
+
+
+@torch.no_grad()
+def ddim_reverse(
+    denoiser: Denoiser,
+    x_context: torch.Tensor,
+    chosen: torch.Tensor,
+    real: torch.Tensor,
+    schedule: NoiseSchedule,
+    steps: int = 5,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Few-step deterministic DDIM sampler (eta = 0) from pure noise at the chosen positions.
+
+    The context (unchosen positions) stays at ``x_context`` throughout, so every step is conditioned on
+    both sides of each chosen position. Returns the final x0 prediction (B x L x d).
+    """
+    rows, cols = chosen.nonzero(as_tuple=True)
+    x = x_context.index_put((rows, cols), _randn(rows.numel(), x_context.size(-1), x_context, generator))
+    timesteps = torch.linspace(schedule.steps - 1, 0, max(1, steps)).round().long().unique_consecutive()
+    x0_hat = x
+    for i, step in enumerate(timesteps.tolist()):
+        t = torch.full((x.size(0),), step, dtype=torch.long, device=x.device)
+        x0_hat = denoiser(x, t, real)
+        if i + 1 == len(timesteps):
+            break
+        prev = int(timesteps[i + 1])
+        a_t, s_t = schedule.sqrt_alphas_cumprod[step], schedule.sqrt_one_minus_alphas_cumprod[step]
+        a_p, s_p = schedule.sqrt_alphas_cumprod[prev], schedule.sqrt_one_minus_alphas_cumprod[prev]
+        eps = (x[rows, cols] - a_t * x0_hat[rows, cols]) / s_t
+        x = x.index_put((rows, cols), a_p * x0_hat[rows, cols] + s_p * eps)
+    return x0_hat

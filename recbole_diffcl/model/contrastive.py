@@ -1,0 +1,198 @@
+"""Code shared by the contrastive sequential recommenders: SASRec encoder, view encoding, InfoNCE.
+
+DiffCLRec, CL4SRec and DuoRec all use a causal SASRec-style Transformer (Kang & McAuley, ICDM 2018)
+as the recommender, score the next item as RecBole's SASRec does, and add an InfoNCE loss between two
+views of each sequence. This base class holds that common part once.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.layers import TransformerEncoder
+from recbole.model.loss import BPRLoss
+
+from recbole_diffcl.errors import UserError
+from recbole_diffcl import properties as P
+
+SIMILARITIES = ("dot", "cos")
+
+
+def info_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 1.0,
+    similarity: str = "dot",
+    targets: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """InfoNCE (NT-Xent) over the 2B views of a batch.
+
+    Each view's positive is its twin (row i of ``z1`` with row i of ``z2``); the other 2B - 2 views are
+    negatives. With ``targets`` (B next-item ids), views of *other* sequences that share the anchor's
+    target are removed from the negatives (they are false negatives, as in DuoRec).
+    """
+    batch = z1.size(0)
+    z = torch.cat([z1, z2], dim=0)
+    if similarity == "cos":
+        z = F.normalize(z, dim=-1)
+    elif similarity != "dot":
+        raise ValueError(f"unknown similarity '{similarity}', expected one of {SIMILARITIES}")
+    sim = z @ z.T / temperature
+    idx = torch.arange(2 * batch, device=z.device)
+    positives = (idx + batch) % (2 * batch)
+    excluded = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+    if targets is not None:
+        both = torch.cat([targets, targets])
+        same = both[:, None] == both[None, :]
+        same[idx, positives] = False  # the twin stays the positive
+        excluded |= same
+    sim = sim.masked_fill(excluded, float("-inf"))
+    return F.cross_entropy(sim, positives)
+
+
+def trim_to_longest(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+    """Drop padding columns beyond the longest real sequence of the batch.
+
+    RecBole left-aligns sequences and pads them to MAX_ITEM_LIST_LENGTH; the causal encoder's output
+    at position len-1 never looks right of it, so the trimmed batch gives the same outputs.
+    """
+    return item_seq[:, : max(1, int(item_seq_len.max()))]
+
+
+class ContrastiveSequentialRecommender(SequentialRecommender):
+    """SASRec encoder + next-item loss + InfoNCE helpers; subclasses add their views.
+
+    ``calculate_loss`` of a subclass returns one weighted tensor per name in ``loss_names``
+    (their sum is the training loss); the trainer logs each part by name.
+    """
+
+    loss_names: tuple[str, ...] = ("rec", "cl")
+    #: rows appended to the item table after the real items (e.g. CL4SRec's mask token); never scored.
+    extra_item_tokens: int = 0
+    #: properties this class reads, with their checks (see ``recbole_diffcl.properties``)
+    property_checks = {
+        "n_layers": P.positive_int(),
+        "n_heads": P.positive_int(),
+        "hidden_size": P.positive_int(),
+        "inner_size": P.positive_int(),
+        "hidden_dropout_prob": P.probability(upper_open=True),
+        "attn_dropout_prob": P.probability(upper_open=True),
+        "loss_type": P.one_of("CE", "BPR"),
+        "cl_weight": P.non_negative(),
+        "cl_temperature": P.positive(),
+        "cl_similarity": P.one_of(*SIMILARITIES),
+        "cl_warmup_epochs": P.non_negative_int(),
+        "trim_batches": P.boolean(),
+    }
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.n_layers = config["n_layers"]
+        self.n_heads = config["n_heads"]
+        self.hidden_size = config["hidden_size"]
+        self.inner_size = config["inner_size"]
+        self.hidden_dropout_prob = config["hidden_dropout_prob"]
+        self.attn_dropout_prob = config["attn_dropout_prob"]
+        self.hidden_act = config["hidden_act"]
+        self.layer_norm_eps = config["layer_norm_eps"]
+        self.initializer_range = config["initializer_range"]
+        self.loss_type = config["loss_type"]
+        self.cl_weight = config["cl_weight"]
+        self.cl_temperature = config["cl_temperature"]
+        self.cl_similarity = config["cl_similarity"]
+        self.cl_warmup_epochs = config["cl_warmup_epochs"] or 0
+        self.trim_batches = config["trim_batches"] if config["trim_batches"] is not None else True
+        self.current_epoch = 0  # set by the trainer at the start of every epoch
+
+        self.item_embedding = nn.Embedding(self.n_items + self.extra_item_tokens, self.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.trm_encoder = TransformerEncoder(
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            hidden_size=self.hidden_size,
+            inner_size=self.inner_size,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attn_dropout_prob=self.attn_dropout_prob,
+            hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+        )
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
+        self.dropout = nn.Dropout(self.hidden_dropout_prob)
+        if self.loss_type == "BPR":
+            self.loss_fct = BPRLoss()
+        elif self.loss_type == "CE":
+            self.loss_fct = nn.CrossEntropyLoss()
+        else:
+            raise UserError(f"loss_type must be 'CE' or 'BPR', got {self.loss_type!r}. Fix: set --loss_type=CE.")
+
+    # -- initialisation (as RecBole's SASRec) ---------------------------------------------------------
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    # -- encoder ------------------------------------------------------------------------------------
+    @property
+    def item_table(self) -> torch.Tensor:
+        """Embeddings of the real items (padding id 0 included, extra tokens excluded): n_items x d."""
+        return self.item_embedding.weight[: self.n_items]
+
+    def trim(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """The batch without padding columns beyond its longest sequence (unless ``trim_batches`` is off)."""
+        return trim_to_longest(item_seq, item_seq_len) if self.trim_batches else item_seq
+
+    def encode_positions(self, item_seq: torch.Tensor, item_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Causal encoder output at every position (B x L x d). ``item_weight`` replaces the item table
+        (e.g. a detached copy so that a loss does not move the item embeddings)."""
+        item_emb = self.item_embedding(item_seq) if item_weight is None else F.embedding(item_seq, item_weight)
+        h = item_emb + self.position_embedding.weight[: item_seq.size(1)][None]
+        h = self.dropout(self.LayerNorm(h))
+        return self.trm_encoder(h, self.get_attention_mask(item_seq), output_all_encoded_layers=False)[-1]
+
+    def forward(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, item_weight: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Sequence representation: encoder output at the last real position (B x d)."""
+        item_seq = self.trim(item_seq, item_seq_len)
+        return self.gather_indexes(self.encode_positions(item_seq, item_weight), item_seq_len - 1)
+
+    # -- losses -------------------------------------------------------------------------------------
+    def rec_loss(self, seq_output: torch.Tensor, interaction) -> torch.Tensor:
+        """Next-item loss exactly as RecBole's SASRec (CE over all items, or BPR with one negative)."""
+        pos_items = interaction[self.POS_ITEM_ID]
+        if self.loss_type == "BPR":
+            neg_items = interaction[self.NEG_ITEM_ID]
+            pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)
+            neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)
+            return self.loss_fct(pos_score, neg_score)
+        return self.loss_fct(seq_output @ self.item_table.T, pos_items)
+
+    def cl_active(self) -> bool:
+        """Whether the contrastive loss is on in the current epoch (off during ``cl_warmup_epochs``)."""
+        return self.cl_weight > 0 and self.current_epoch >= self.cl_warmup_epochs
+
+    def encode_views(
+        self, views: list[torch.Tensor], item_seq_len: torch.Tensor, item_weight: Optional[torch.Tensor] = None
+    ) -> list[torch.Tensor]:
+        """Encode several same-length views in one batched encoder pass; returns one B x d tensor per view."""
+        stacked = self.forward(torch.cat(views), item_seq_len.repeat(len(views)), item_weight)
+        return list(stacked.chunk(len(views)))
+
+    def contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        return info_nce(z1, z2, self.cl_temperature, self.cl_similarity, targets)
+
+    # -- inference: plain SASRec scoring ------------------------------------------------------------
+    def predict(self, interaction) -> torch.Tensor:
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return seq_output @ self.item_table.T

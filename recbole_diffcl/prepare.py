@@ -1,0 +1,595 @@
+"""Prepare RecBole atomic files for the sequential benchmarks (and any sequence file or ratings CSV).
+
+Usage::
+
+    python -m recbole_diffcl.prepare amazon-sports --source PATH/TO/Sports_and_Outdoors.txt
+    python -m recbole_diffcl.prepare amazon-sports --source ratings_Sports_and_Outdoors.csv
+    python -m recbole_diffcl.prepare amazon-sports            # find the benchmark file, else download
+
+writes ``<data_path>/<name>/<name>.inter`` (``user_id:token item_id:token timestamp:float``).
+
+Sources:
+  * a benchmark sequence file, one line per user ``uid iid iid ...`` in chronological order. It has
+    no timestamps, so each item gets its 1-based position as timestamp: RecBole's stable time ordering
+    (``eval_args.order: TO``) then reproduces every line exactly, and leave-one-out puts the last item
+    of each line in test and the second-last in valid, as in the literature;
+  * a ratings file ``user,item,rating,timestamp`` (CSV with or without header, or a RecBole atomic
+    ``.inter`` such as RecBole's Amazon downloads): iterative k-core filtering (users and items both
+    with at least k interactions, repeated until nothing changes), equal timestamps keep file order;
+  * nothing: the benchmark file is looked up in the known places (see
+    :func:`recbole_diffcl.datasets.benchmark_search_paths`); failing that, RecBole's raw download of
+    the matching dataset is fetched and 5-core filtered (network needed; fails fast offline).
+
+The output is written to a temporary file in the target folder and renamed into place, so an
+interrupted run never leaves a truncated ``.inter`` that RecBole would load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from recbole_diffcl.datasets import (
+    BENCHMARKS,
+    SHARED_DATA_ENV,
+    benchmark_search_paths,
+    can_reach,
+    find_benchmark_source,
+    recbole_download_url,
+)
+from recbole_diffcl.errors import UserError
+
+HEADER = "user_id:token\titem_id:token\ttimestamp:float"
+DEFAULT_DATA_PATH = "dataset/"  # RecBole's default data_path
+_ID = re.compile(r"[0-9]+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+# Column-name synonyms for headed ratings files (matched case-insensitively, before any ':type').
+_USER_NAMES = ("user_id", "user", "userid", "uid", "reviewerid", "session_id")
+_ITEM_NAMES = ("item_id", "item", "itemid", "iid", "asin", "business_id", "product_id", "movie_id")
+_TIME_NAMES = ("timestamp", "time", "unixreviewtime", "date", "datetime")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Size of a prepared dataset (true counts: RecBole's [PAD] id is not included)."""
+
+    users: int
+    items: int
+    interactions: int
+
+    @property
+    def avg_length(self) -> float:
+        return self.interactions / self.users if self.users else 0.0
+
+    @property
+    def sparsity(self) -> float:
+        cells = self.users * self.items
+        return 1.0 - self.interactions / cells if cells else 1.0
+
+    def summary(self) -> str:
+        return (
+            f"users: {self.users:,}  items: {self.items:,}  interactions: {self.interactions:,}  "
+            f"average length: {self.avg_length:.2f}  sparsity: {100 * self.sparsity:.4f}%"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading sources
+
+
+def _open_text(path: Path):
+    try:
+        return open(path, encoding="utf-8", newline="")
+    except FileNotFoundError:
+        raise UserError(f"Source file {path} does not exist. Check the --source path.") from None
+    except IsADirectoryError:
+        raise UserError(f"Source {path} is a folder; --source must name a file.") from None
+    except OSError as e:
+        raise UserError(f"Cannot read source file {path}: {e.strerror}.") from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without newline); undecodable bytes become a UserError naming the line."""
+    with _open_text(path) as f:
+        n = 0
+        try:
+            for n, line in enumerate(f, 1):
+                yield n, line.rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{path}, line {n + 1}: not valid UTF-8 text. The source must be a plain-text file."
+            ) from None
+
+
+def read_sequences(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Read a benchmark sequence file (``uid iid iid ...`` per line) into {uid: [iid, ...]}.
+
+    Ids must be non-negative integers (normalised, so ``007`` is ``7``); each user appears on one line
+    with at least one item. Blank lines are allowed only at the end. Raises :class:`UserError` naming
+    the file and line for anything else.
+    """
+    path = Path(path)
+    seqs: dict[str, list[str]] = {}
+    first_line: dict[str, int] = {}
+    blank_at: Optional[int] = None
+    fmt = "one line per user: a user id, then the user's item ids oldest first, separated by spaces"
+    for n, line in _lines(path):
+        fields = line.split()
+        if not fields:
+            blank_at = blank_at or n
+            continue
+        if blank_at is not None:
+            raise UserError(f"{path}, line {blank_at}: empty line inside the file. Expected {fmt}.")
+        if len(fields) < 2:
+            raise UserError(
+                f"{path}, line {n}: only one field ({fields[0]!r}); expected {fmt}, with at least one "
+                f"item. Remove the line or add the user's items."
+            )
+        for k, tok in enumerate(fields, 1):
+            if not _ID.fullmatch(tok):
+                what = "user id" if k == 1 else "item id"
+                raise UserError(
+                    f"{path}, line {n}, field {k}: {tok!r} is not an integer {what}. Expected {fmt} "
+                    f"(a ratings CSV needs --format ratings)."
+                )
+        uid = str(int(fields[0]))
+        if uid in seqs:
+            raise UserError(
+                f"{path}, line {n}: user {uid} already has a line (line {first_line[uid]}). Each user "
+                f"must appear on exactly one line; merge the two lines in chronological order."
+            )
+        first_line[uid] = n
+        seqs[uid] = [str(int(t)) for t in fields[1:]]
+    if not seqs:
+        raise UserError(f"{path} is empty: expected {fmt}.")
+    return seqs
+
+
+@dataclass
+class Ratings:
+    """Interactions of a ratings file, as codes into ``user_tokens`` / ``item_tokens``."""
+
+    user_tokens: list[str]  # code -> original token, in order of first appearance
+    item_tokens: list[str]
+    users: np.ndarray  # int64 codes, file order
+    items: np.ndarray
+    times: np.ndarray  # float64
+
+
+def _pick(names: Sequence[str], wanted: Sequence[str]) -> Optional[int]:
+    lowered = [n.lower() for n in names]
+    for w in wanted:
+        if w in lowered:
+            return lowered.index(w)
+    return None
+
+
+def _is_number(s: str) -> bool:
+    try:
+        return math.isfinite(float(s))
+    except ValueError:
+        return False
+
+
+def read_ratings(path: str | os.PathLike) -> Ratings:
+    """Read ``user,item,rating,timestamp`` rows (CSV with/without header, TSV, or RecBole atomic).
+
+    Headerless files are positional (user, item, rating, timestamp). Headed files are matched by
+    column name (``user_id``/``user``/``reviewerID``..., ``item_id``/``item``/``asin``/``business_id``...,
+    ``timestamp``/``time``/``date``...), so RecBole's downloaded atomic files work as they are.
+    """
+    path = Path(path)
+    rows = _ratings_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise UserError(f"{path} is empty: expected ratings rows 'user,item,rating,timestamp'.")
+    n0, header = first
+    names = [h.split(":", 1)[0].strip() for h in header]
+    ncols = len(header)
+    cols = (_pick(names, _USER_NAMES), _pick(names, _ITEM_NAMES), _pick(names, _TIME_NAMES))
+    data: Iterable[tuple[int, list[str]]] = rows
+    if all(c is not None for c in cols):
+        ucol, icol, tcol = cols  # type: ignore[misc]  # header with recognised names
+    elif ncols == 4 and _is_number(header[3].strip()):
+        ucol, icol, tcol = 0, 1, 3  # no header: the first line is data
+        data = _chain([(n0, header)], rows)
+    elif ncols == 4:
+        ucol, icol, tcol = 0, 1, 3  # header with other names: the documented column order
+    else:
+        raise UserError(
+            f"{path}, line {n0}: {ncols} field(s) and no recognisable header; expected the 4 columns "
+            f"user,item,rating,timestamp (with or without a header line) or a header naming "
+            f"user_id, item_id and timestamp columns."
+        )
+
+    user_code: dict[str, int] = {}
+    item_code: dict[str, int] = {}
+    users: list[int] = []
+    items: list[int] = []
+    times: list[float] = []
+    for n, fields in data:
+        if len(fields) == 1 and not fields[0].strip():
+            continue  # blank line
+        if len(fields) != ncols:
+            raise UserError(
+                f"{path}, line {n}: {len(fields)} field(s), expected {ncols} like the first line. "
+                f"Fix or remove the line."
+            )
+        u, i, t = fields[ucol].strip(), fields[icol].strip(), fields[tcol].strip()
+        for what, tok in (("user", u), ("item", i)):
+            if not tok or any(c in tok for c in "\t\r\n"):
+                raise UserError(
+                    f"{path}, line {n}: {what} id {tok!r} is empty or contains a tab/line break. "
+                    f"Fix or remove the line."
+                )
+        try:
+            tv = float(t)
+            if not math.isfinite(tv):
+                raise ValueError
+        except ValueError:
+            raise UserError(
+                f"{path}, line {n}: timestamp {t!r} is not a number. Timestamps must be numeric "
+                f"(e.g. Unix seconds); fix or remove the line."
+            ) from None
+        users.append(user_code.setdefault(u, len(user_code)))
+        items.append(item_code.setdefault(i, len(item_code)))
+        times.append(tv)
+    if not users:
+        raise UserError(f"{path} has a header but no ratings rows.")
+    return Ratings(
+        list(user_code),
+        list(item_code),
+        np.asarray(users, dtype=np.int64),
+        np.asarray(items, dtype=np.int64),
+        np.asarray(times, dtype=np.float64),
+    )
+
+
+def _chain(*its: Iterable) -> Iterator:
+    for it in its:
+        yield from it
+
+
+def _ratings_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields): tab-separated if the first line has a tab, else CSV."""
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None:
+        return
+    n, line = first
+    if "\t" in line:
+        yield n, line.split("\t")
+        for n, line in lines:
+            yield n, line.split("\t")
+        return
+    # csv handles quoted fields; line numbers stay right as long as fields hold no line breaks.
+    reader = csv.reader(_chain([line], (ln for _, ln in lines)))
+    for k, fields in enumerate(reader, n):
+        yield k, fields if fields else [""]
+
+
+def kcore(users: np.ndarray, items: np.ndarray, k: int = 5) -> tuple[np.ndarray, int]:
+    """Iterative k-core: mask of interactions kept so every kept user and item has >= k of them.
+
+    Removing a sparse item can push a user below k (and vice versa), so filter until stable.
+    Returns (mask, number of passes that removed something).
+    """
+    keep = np.ones(len(users), dtype=bool)
+    rounds = 0
+    while True:
+        uc = np.bincount(users[keep], minlength=users.max(initial=-1) + 1)
+        ic = np.bincount(items[keep], minlength=items.max(initial=-1) + 1)
+        new = keep & (uc[users] >= k) & (ic[items] >= k)
+        if new.sum() == keep.sum():
+            return keep, rounds
+        keep = new
+        rounds += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomic(target: Path, lines: Iterable[str]) -> None:
+    """Write to a temporary file next to ``target`` and rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for line in lines:
+                f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_sequences_inter(target: str | os.PathLike, seqs: dict[str, list[str]]) -> Stats:
+    """Write {uid: [iid, ...]} as an atomic .inter with timestamp = 1-based position in the line."""
+
+    def lines() -> Iterator[str]:
+        yield HEADER + "\n"
+        for uid, items in seqs.items():
+            for pos, iid in enumerate(items, 1):
+                yield f"{uid}\t{iid}\t{pos}\n"
+
+    _write_atomic(Path(target), lines())
+    items = {i for seq in seqs.values() for i in seq}
+    return Stats(len(seqs), len(items), sum(len(s) for s in seqs.values()))
+
+
+def _fmt_time(t: float) -> str:
+    return str(int(t)) if t.is_integer() and abs(t) < 2**53 else repr(t)
+
+
+def write_ratings_inter(target: str | os.PathLike, r: Ratings, keep: np.ndarray) -> Stats:
+    """Write the kept interactions grouped by user (first-appearance order), oldest first.
+
+    Both sorts are stable, so equal timestamps keep their order in the source file; RecBole's own
+    sorts are stable as well and keep that order.
+    """
+    idx = np.flatnonzero(keep)
+    idx = idx[np.argsort(r.times[idx], kind="stable")]
+    idx = idx[np.argsort(r.users[idx], kind="stable")]
+
+    def lines() -> Iterator[str]:
+        yield HEADER + "\n"
+        ut, it = r.user_tokens, r.item_tokens
+        for u, i, t in zip(r.users[idx].tolist(), r.items[idx].tolist(), r.times[idx].tolist()):
+            yield f"{ut[u]}\t{it[i]}\t{_fmt_time(t)}\n"
+
+    _write_atomic(Path(target), lines())
+    return Stats(len(np.unique(r.users[idx])), len(np.unique(r.items[idx])), len(idx))
+
+
+def inter_to_sequences(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Read an atomic .inter back into {uid: [iid, ...]} ordered as RecBole orders it.
+
+    Users in order of first appearance; within a user by timestamp, ties in file order (stable),
+    which is what RecBole's ``order: TO`` does.
+    """
+    path = Path(path)
+    per_user: dict[str, list[tuple[float, int, str]]] = {}
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise UserError(f"{path} is empty.")
+    names = [h.split(":", 1)[0] for h in first[1].split("\t")]
+    try:
+        ucol, icol, tcol = (names.index(c) for c in ("user_id", "item_id", "timestamp"))
+    except ValueError:
+        raise UserError(f"{path}, line 1: header needs user_id, item_id and timestamp.") from None
+    for n, line in lines:
+        f = line.split("\t")
+        if len(f) != len(names):
+            raise UserError(f"{path}, line {n}: {len(f)} fields, the header has {len(names)}.")
+        per_user.setdefault(f[ucol], []).append((float(f[tcol]), n, f[icol]))
+    return {u: [i for _, _, i in sorted(v)] for u, v in per_user.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Download (RecBole's raw data, used only without --source)
+
+
+def raw_download_url(name: str, data_path: str | os.PathLike) -> str:
+    """URL of RecBole's raw data for benchmark ``name``, after checking (within ~3 s) it is reachable.
+
+    Called only when no benchmark file was found, so the errors say where we looked.
+    """
+    bench = BENCHMARKS[name]
+    url = recbole_download_url(bench.raw_name) if bench.raw_name else None
+    looked = "; ".join(str(p) for p in benchmark_search_paths(name, data_path))
+    if url is None:
+        raise UserError(
+            f"No source for '{name}': the benchmark file {bench.sequence_file} was not found (looked "
+            f"in: {looked}) and RecBole has no download for it. Pass --source PATH/TO/"
+            f"{bench.sequence_file}."
+        )
+    if not can_reach(url):
+        raise UserError(
+            f"No source for '{name}': the benchmark file {bench.sequence_file} was not found (looked "
+            f"in: {looked}) and RecBole's download of the raw '{bench.raw_name}' data ({url}) is "
+            f"unreachable from this machine. Pass --source PATH/TO/{bench.sequence_file} (or a ratings "
+            f"CSV), or set {SHARED_DATA_ENV} to a folder holding {name}/{bench.sequence_file}."
+        )
+    return url
+
+
+def download_raw(url: str, workdir: Path, say: Callable[[str], None] = print) -> Path:
+    """Download and unzip ``url`` (a RecBole ProcessedDatasets zip) into ``workdir``; return its .inter.
+
+    Reads time out after 60 s of silence, so a dropped connection does not hang the command.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    archive = workdir / url.rpartition("/")[2]
+    say(f"downloading {url} ...")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(archive, "wb") as f:
+            shutil.copyfileobj(resp, f, length=1 << 20)
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(workdir)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise UserError(
+            f"Downloading {url} failed ({e}). Retry, or pass --source with a local file."
+        ) from None
+    inters = sorted(workdir.rglob("*.inter"))
+    if not inters:
+        raise UserError(f"The download {url} holds no .inter file; pass --source instead.")
+    return inters[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+
+
+def _detect_format(path: Path) -> str:
+    if path.suffix.lower() in (".csv", ".inter", ".tsv"):
+        return "ratings"
+    for _, line in _lines(path):
+        if line.strip():
+            return "ratings" if ("," in line or "\t" in line) else "sequences"
+    return "sequences"  # empty: read_sequences reports it
+
+
+def prepare(
+    name: str,
+    source: Optional[str | os.PathLike] = None,
+    data_path: str | os.PathLike = DEFAULT_DATA_PATH,
+    fmt: str = "auto",
+    k: int = 5,
+    say: Callable[[str], None] = print,
+) -> tuple[Path, Stats]:
+    """Create ``<data_path>/<name>/<name>.inter``; return its path and size.
+
+    ``fmt`` is ``auto``, ``sequences`` or ``ratings``; ``k`` is the k-core threshold for ratings
+    (0 or 1 disables filtering). Raises :class:`UserError` for bad names, missing or malformed input.
+    """
+    if not _NAME.fullmatch(name):
+        raise UserError(
+            f"Invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (it becomes the folder "
+            f"and file name <data_path>/{name}/{name}.inter)."
+        )
+    if fmt not in ("auto", "sequences", "ratings"):
+        raise UserError(f"Unknown --format {fmt!r}: use auto, sequences or ratings.")
+    if k < 0:
+        raise UserError(f"--kcore must be >= 0, got {k}.")
+    target = Path(data_path) / name / f"{name}.inter"
+    download_dir: Optional[Path] = None
+
+    if source is None:
+        if name not in BENCHMARKS:
+            raise UserError(
+                f"'{name}' is not one of the known benchmarks ({', '.join(sorted(BENCHMARKS))}), so "
+                f"there is nothing to look up or download: pass --source FILE (a sequence file "
+                f"'uid iid iid ...' or a ratings CSV 'user,item,rating,timestamp')."
+            )
+        found = find_benchmark_source(name, data_path)
+        if found is not None:
+            say(f"using the benchmark file {found}")
+            src, fmt = found, "sequences"
+        else:
+            url = raw_download_url(name, data_path)  # fails fast offline, before creating anything
+            root = Path(data_path)
+            root.mkdir(parents=True, exist_ok=True)
+            download_dir = Path(tempfile.mkdtemp(prefix=f".{name}-download-", dir=root))
+            try:
+                src = download_raw(url, download_dir, say)
+            except BaseException:
+                shutil.rmtree(download_dir, ignore_errors=True)
+                raise
+            fmt = "ratings"
+            note = BENCHMARKS[name].raw_note
+            say(
+                f"note: built from RecBole's raw ratings with {k}-core filtering; counts differ "
+                f"slightly from the published benchmark file" + (f" ({note})" if note else "") + "."
+            )
+    else:
+        src = Path(source)
+        if not src.is_file():
+            raise UserError(f"Source file {src} does not exist (or is not a file). Check --source.")
+        if fmt == "auto":
+            fmt = _detect_format(src)
+
+    try:
+        if fmt == "sequences":
+            stats = write_sequences_inter(target, read_sequences(src))
+            short = None
+        else:
+            r = read_ratings(src)
+            keep, rounds = kcore(r.users, r.items, k) if k > 1 else (np.ones(len(r.users), bool), 0)
+            say(
+                f"read {len(r.users):,} ratings of {len(r.user_tokens):,} users and "
+                f"{len(r.item_tokens):,} items; {k}-core filtering kept {int(keep.sum()):,} "
+                f"({rounds} pass(es) removed interactions)"
+            )
+            if not keep.any():
+                raise UserError(
+                    f"{src}: no interactions survive {k}-core filtering (every user and item needs at "
+                    f"least {k}). Use a larger file or a smaller --kcore."
+                )
+            stats = write_ratings_inter(target, r, keep)
+    finally:
+        if download_dir is not None:
+            shutil.rmtree(download_dir, ignore_errors=True)
+
+    say(f"wrote {target}")
+    say(f"  {stats.summary()}")
+    bench = BENCHMARKS.get(name)
+    if bench and bench.published and fmt == "sequences":
+        pub = Stats(*bench.published)
+        if (stats.users, stats.items, stats.interactions) == bench.published:
+            say("  matches the published benchmark counts")
+        else:
+            say(f"  note: the published '{name}' benchmark has {pub.summary()}")
+    return target, stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m recbole_diffcl.prepare",
+        description=(
+            "Write RecBole atomic files <data_path>/<name>/<name>.inter for a sequential benchmark, "
+            "from a sequence file (uid iid iid ...), a ratings CSV (user,item,rating,timestamp; "
+            "k-core filtered) or, with no --source, the known benchmark file locations or RecBole's "
+            "raw download."
+        ),
+    )
+    ap.add_argument("name", help=f"dataset name, e.g. {', '.join(BENCHMARKS)}")
+    ap.add_argument("--source", help="input file (default: look up the benchmark file, else download)")
+    ap.add_argument(
+        "--data_path", "--data-path", default=DEFAULT_DATA_PATH,
+        help=f"RecBole data root (default {DEFAULT_DATA_PATH!r}); output goes to DATA_PATH/NAME/",
+    )
+    ap.add_argument(
+        "--format", default="auto", choices=("auto", "sequences", "ratings"),
+        help="source format (default: auto; commas/tabs or .csv/.inter mean ratings)",
+    )
+    ap.add_argument(
+        "--kcore", type=int, default=5,
+        help="k-core threshold for ratings sources (default 5; 0 disables)",
+    )
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point; returns the exit status (2 for user errors, printed without traceback)."""
+    args = build_parser().parse_args(argv)
+    try:
+        prepare(args.name, args.source, args.data_path, args.format, args.kcore)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Trainers: RecBole's, with checkpoints that reload on torch >= 2.6, and a contrastive trainer.
+
+RecBole 1.2.1 pickles its whole ``Config`` into every checkpoint, and torch >= 2.6 loads with
+``weights_only=True`` by default, so RecBole's own ``evaluate(load_best_model=True)`` fails. Our
+checkpoints hold only plain state (state dicts and plain-typed metadata) and load with
+``weights_only=True``; safe loading is never switched off.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from time import time
+from typing import Any, Optional
+
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import set_color
+from recbole.utils import get_trainer as recbole_get_trainer
+
+# RecBole 1.2.1 builds torch.cuda.amp.GradScaler every epoch, which torch deprecates with a
+# FutureWarning each time; silence exactly that message (mixed precision itself still works).
+warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler.*deprecated", category=FutureWarning)
+
+
+def plain(value: Any) -> Any:
+    """A JSON-plain copy of ``value`` (enums, devices, numpy scalars become strings or numbers)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+class SafeCheckpointMixin:
+    """Plain-state checkpoints written atomically, safe reloading, and per-epoch training times.
+
+    Mixed into any RecBole trainer class (see :func:`get_trainer`).
+    """
+
+    epoch_seconds: list
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": plain(self.config.final_config_dict),
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        # Write to a temporary file, then rename: an interrupted save never leaves a broken checkpoint.
+        tmp_file = saved_model_file + ".tmp"
+        torch.save(state, tmp_file)
+        os.replace(tmp_file, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def load_checkpoint(self, checkpoint_file: str) -> dict:
+        """Load a checkpoint with ``weights_only=True`` and restore the model's parameters from it."""
+        checkpoint = torch.load(checkpoint_file, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        return checkpoint
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = self.load_checkpoint(resume_file)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning("The checkpoint was saved by another model; loading its state may fail.")
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return
+        if load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            self.load_checkpoint(checkpoint_file)
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if not hasattr(self, "epoch_seconds"):
+            self.epoch_seconds = []
+        start = time()
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        self.epoch_seconds.append(time() - start)
+        return loss
+
+
+class ContrastiveTrainer(SafeCheckpointMixin, Trainer):
+    """Trainer of the plugin's contrastive models (DiffCLRec, CL4SRec, DuoRec).
+
+    RecBole's loop, early stopping, checkpointing and progress bars, plus: the model learns the
+    current epoch (for ``cl_warmup_epochs``), and every loss part is logged by name (``rec``, ``cl``,
+    ``nll``, ``mse`` ... as the model's ``loss_names``) to the log and to tensorboard. Logged parts
+    are weighted (they add up to the training loss) and summed over the epoch's batches, as RecBole does.
+    """
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.model.current_epoch = epoch_idx
+        if epoch_idx == getattr(self.model, "cl_warmup_epochs", 0) and epoch_idx > 0:
+            self.logger.info(f"epoch {epoch_idx}: warm-up over, contrastive loss switched on")
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def _loss_parts(self, losses) -> dict:
+        if not isinstance(losses, tuple):
+            return {"loss": losses}
+        names = getattr(self.model, "loss_names", ())
+        if len(names) != len(losses):
+            names = [f"loss{i + 1}" for i in range(len(losses))]
+        return dict(zip(names, losses))
+
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        des = self.config["loss_decimal_place"] or 4
+        parts = self._loss_parts(losses)
+        total = sum(parts.values())
+        text = ", ".join(f"{set_color(name, 'blue')}: {value:.{des}f}" for name, value in parts.items())
+        return (
+            f"{set_color(f'epoch {epoch_idx} training', 'green')} [{set_color('time', 'blue')}: "
+            f"{e_time - s_time:.2f}s, {set_color('train loss', 'blue')}: {total:.{des}f} ({text})]"
+        )
+
+    def _add_train_loss_to_tensorboard(self, epoch_idx, losses, tag="Loss/Train"):
+        parts = self._loss_parts(losses)
+        self.tensorboard.add_scalar(tag, sum(parts.values()), epoch_idx)
+        if len(parts) > 1:
+            for name, value in parts.items():
+                self.tensorboard.add_scalar(f"Loss/{name}", value, epoch_idx)
+
+
+def get_trainer(model_type, model_name: str, model_class: Optional[type] = None) -> type:
+    """Trainer class for a model: ours for plugin models, RecBole's (with safe checkpoints) otherwise."""
+    from recbole_diffcl.model.contrastive import ContrastiveSequentialRecommender
+
+    if model_class is not None and issubclass(model_class, ContrastiveSequentialRecommender):
+        return ContrastiveTrainer
+    base = recbole_get_trainer(model_type, model_name)
+    if issubclass(base, SafeCheckpointMixin):
+        return base
+    return type(f"Safe{base.__name__}", (SafeCheckpointMixin, base), {})
