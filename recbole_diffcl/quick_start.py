@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from logging import getLogger
 from time import time
 from typing import Any, Optional
@@ -22,6 +23,13 @@ from recbole_diffcl.errors import UserError
 from recbole_diffcl.properties import validate_properties
 from recbole_diffcl.trainer import get_trainer, plain
 from recbole_diffcl.utils import get_model, props_dir
+
+
+# RecBole 1.2.1 fills missing values with pandas' chained inplace fillna, which pandas 2.2 flags with
+# a FutureWarning on every load (it works up to pandas 2.x, which setup.cfg pins); users cannot act on it.
+warnings.filterwarnings(
+    "ignore", message="A value is trying to be set on a copy", category=FutureWarning, module="recbole"
+)
 
 
 class PluginConfig(Config):
@@ -72,7 +80,8 @@ def load_config(
             f"line or in your --config_files YAML."
         ) from None
     validate_properties(model_class, config)
-    if config["loss_type"] == "BPR" and not config["train_neg_sample_args"]:
+    negatives = config["train_neg_sample_args"] or {}
+    if config["loss_type"] == "BPR" and negatives.get("distribution", "none") == "none":
         raise UserError(
             "loss_type=BPR needs one sampled negative item per training row, but train_neg_sample_args is "
             "empty. Fix: also pass --train_neg_sample_args=\"{'distribution': 'uniform', 'sample_num': 1}\" "

@@ -73,6 +73,5 @@ def tiny_run_dict(tmp_path) -> dict:
         "diffusion_steps": 50,
         "denoiser_inner_size": 32,
         "show_progress": False,
-        "state": "WARNING",
         "checkpoint_dir": str(tmp_path / "saved"),
     }

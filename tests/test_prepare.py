@@ -31,6 +31,8 @@ BEAUTY_TXT = SHARED / "amazon-beauty" / "Beauty.txt"
 
 def _need(path: Path) -> None:
     if not path.is_file():
+        if os.environ.get("RECBOLE_DIFFCL_REQUIRE_SHARED_DATA"):  # set by .ci/run: CI must not skip these
+            pytest.fail(f"benchmark file {path} is required (RECBOLE_DIFFCL_REQUIRE_SHARED_DATA is set)")
         pytest.skip(
             f"benchmark file {path} not present (shared data lives in ../shared/data on development "
             f"machines; set RECBOLE_DIFFCL_SHARED_DATA to another folder)"
