@@ -13,12 +13,14 @@ from logging import getLogger
 from time import time
 from typing import Any, Optional
 
+import torch
 import yaml
 from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_diffcl.data import create_dataset
+from recbole_diffcl.dataloader import bucketed_train_data
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.properties import validate_properties
 from recbole_diffcl.trainer import get_trainer, plain
@@ -102,6 +104,13 @@ def _check_dataset(config: Config) -> None:
     check_dataset_files(config)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _write_json_atomically(path: str, payload: dict) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -126,6 +135,7 @@ def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[
         ) from None
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    train_data = bucketed_train_data(config, train_data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = model_class(config, train_data._dataset).to(config["device"])
@@ -135,7 +145,9 @@ def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    test_start = time()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_eval_seconds = time() - test_start
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     return {
@@ -148,6 +160,7 @@ def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[
         "test_result": plain(dict(test_result or {})),
         "epochs_run": len(getattr(trainer, "epoch_seconds", [])),
         "seconds_per_epoch": [round(s, 3) for s in getattr(trainer, "epoch_seconds", [])],
+        "test_eval_seconds": round(test_eval_seconds, 3),
         "wall_seconds": None,  # filled in by run()
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
     }
@@ -165,7 +178,8 @@ def run(
 
     Returns the run's summary (also written to ``result_file`` as JSON when given): model, dataset,
     seed, the properties set by property files and command line, best valid result, test result,
-    epochs run, seconds per training epoch, total wall seconds and the checkpoint path.
+    epochs run, seconds per training epoch, seconds of the test evaluation, total wall seconds, peak RSS
+    (and peak GPU memory on a GPU) and the checkpoint path.
     """
     start = time()
     model_class, config = load_config(model, dataset, config_file_list, config_dict)
@@ -183,6 +197,9 @@ def run(
             handler.close()
             logging.getLogger().removeHandler(handler)
     summary["wall_seconds"] = round(time() - start, 3)
+    summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if torch.cuda.is_available():
+        summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if result_file:
         _write_json_atomically(result_file, summary)
         print(f"result file: {result_file}")

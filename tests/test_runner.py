@@ -31,6 +31,7 @@ def test_end_to_end_train_validate_reload_test(tmp_path, tiny_run_dict):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(result_file.read_text())
     assert result["model"] == "DiffCLRec" and result["dataset"] == "ml-100k" and result["seed"] == 2020
+    assert result["peak_rss_mb"] > 50
     assert result["epochs_run"] == 2 and len(result["seconds_per_epoch"]) == 2
     assert all(s > 0 for s in result["seconds_per_epoch"]) and result["wall_seconds"] > sum(result["seconds_per_epoch"])
     for part in ("best_valid_result", "test_result"):

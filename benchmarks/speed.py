@@ -1,0 +1,109 @@
+"""Training and evaluation speed of several models on one dataset, one process per model.
+
+    python benchmarks/speed.py --dataset=amazon-sports --models=SASRec,DiffCLRec,CL4SRec,DuoRec \
+        --epochs=4 --out=scratch/speed-sports.md [--key=value ...]
+
+For each model it runs the plugin's runner (``python -m recbole_diffcl``) for ``--epochs`` epochs
+without validation and reports: the median seconds per training epoch over the epochs after the
+first (warm-up) one, the seconds of the full-sort evaluation of all test users, the peak RSS, and the
+peak GPU memory on a GPU. Extra ``--key=value`` pairs are passed to every run (e.g.
+``--length_bucketing=True``). Writes a markdown table with the date, machine and command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def run_model(model: str, dataset: str, epochs: int, overrides: list[str], workdir: Path) -> dict:
+    result_file = workdir / f"{model}.json"
+    cmd = [
+        sys.executable, "-m", "recbole_diffcl", f"--model={model}", f"--dataset={dataset}",
+        f"--epochs={epochs}", "--eval_step=0", "--show_progress=False", f"--checkpoint_dir={workdir / 'saved'}",
+        f"--result_file={result_file}", *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{model} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(result_file.read_text())
+    result["process_seconds"] = time.time() - start
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--models", default="SASRec,DiffCLRec")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs per model; the first is warm-up")
+    parser.add_argument("--out", default=None, help="write the markdown table here (also printed)")
+    args, overrides = parser.parse_known_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (one warm-up epoch, then the measured ones)")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
+        for model in args.models.split(","):
+            print(f"[speed] {model} on {args.dataset}: {args.epochs} epochs ...", file=sys.stderr, flush=True)
+            r = run_model(model, args.dataset, args.epochs, overrides, Path(tmp))
+            measured = r["seconds_per_epoch"][1:]
+            rows.append(
+                {
+                    "model": model,
+                    "epoch_s": statistics.median(measured),
+                    "epochs": ", ".join(f"{s:.1f}" for s in r["seconds_per_epoch"]),
+                    "eval_s": r["test_eval_seconds"],
+                    "rss_gb": r["peak_rss_mb"] / 1024,
+                    "gpu_gb": r.get("peak_gpu_mb", 0) / 1024 if "peak_gpu_mb" in r else None,
+                    "batch": r["properties"].get("train_batch_size"),
+                }
+            )
+            print(f"[speed] {model}: median epoch {rows[-1]['epoch_s']:.1f} s", file=sys.stderr, flush=True)
+
+    command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}",
+        f"Command: `{command}`",
+        "",
+        "| model | s / training epoch (median after warm-up) | all epochs (s) | test full-sort eval (s) | peak RSS (GB) | peak GPU (GB) | batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gpu = f"{r['gpu_gb']:.2f}" if r["gpu_gb"] is not None else "-"
+        lines.append(
+            f"| {r['model']} | {r['epoch_s']:.1f} | {r['epochs']} | {r['eval_s']:.1f} | {r['rss_gb']:.2f} | {gpu} | {r['batch']} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Length-bucketed training batches (an opt-in speed option, ``length_bucketing: True``).
+
+RecBole pads every training row to MAX_ITEM_LIST_LENGTH and batches rows at random; trimming a batch
+to its longest sequence helps little when a random batch of 256 nearly always holds one long
+sequence. Bucketing shuffles the rows, sorts them by length within large chunks, cuts the chunks into
+batches and shuffles the batches: each batch then holds rows of similar length, and trimming removes
+most of the padding. Every row is still seen exactly once per epoch (the same multiset of rows).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+from recbole.data.dataloader import TrainDataLoader
+
+
+class LengthBucketBatchSampler:
+    """Batches of row indices with similar ``lengths``: shuffle, sort within chunks, shuffle batches."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, chunk_batches: int, generator: torch.Generator):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.chunk_size = batch_size * max(1, chunk_batches)
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=self.generator).numpy()
+        batches = []
+        for start in range(0, len(order), self.chunk_size):
+            chunk = order[start : start + self.chunk_size]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b].tolist()
+
+
+class BucketedTrainDataLoader(TrainDataLoader):
+    """RecBole's TrainDataLoader whose batches come from a :class:`LengthBucketBatchSampler`."""
+
+    def __init__(self, config, dataset, sampler, shuffle=True):
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+        lengths = dataset.inter_feat[config["ITEM_LIST_LENGTH_FIELD"]].numpy()
+        self._bucket_sampler = LengthBucketBatchSampler(
+            lengths, self.step, config["length_bucket_chunk"], self.generator
+        )
+
+    @property
+    def _index_sampler(self):
+        # torch's DataLoader draws its batches of indices from here; RecBole's collate_fn then turns
+        # each batch of row indices into an Interaction, as for its own shuffled batches.
+        return self._bucket_sampler
+
+
+def bucketed_train_data(config, train_data: TrainDataLoader) -> TrainDataLoader:
+    """``train_data`` with length-bucketed batches when ``length_bucketing`` is on, else unchanged."""
+    if not config["length_bucketing"]:
+        return train_data
+    return BucketedTrainDataLoader(config, train_data._dataset, train_data._sampler, shuffle=True)
