@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Iterable
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # --config_file=x must not be read as --config_files
         description="Train and evaluate a sequential recommender (DiffCLRec, CL4SRec, DuoRec or any RecBole "
         "model) with the recbole_diffcl plugin. Extra --key=value pairs override properties.",
     )
@@ -15,21 +17,33 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--config_files", default=None, help="space-separated YAML property files")
     parser.add_argument("--result_file", default=None, help="write the run's summary to this JSON file")
     args, rest = parser.parse_known_args(argv)
+    return args, parse_property_overrides(parser, rest)
+
+
+def parse_property_overrides(
+    parser: argparse.ArgumentParser, rest: list[str], reserved: Iterable[str] = (), reserved_fix: str = ""
+) -> dict[str, str]:
+    """``--name=value`` property overrides from the arguments argparse left over (values as strings,
+    converted later exactly as RecBole converts its command line). ``reserved`` names may not be set."""
+    from recbole_diffcl.errors import UserError
+
     overrides: dict[str, str] = {}
     for arg in rest:
         key, sep, value = arg[2:].partition("=")
         if not arg.startswith("--") or not sep or not key:
             parser.error(f"unrecognised argument '{arg}': properties are given as --name=value")
+        if key in reserved:
+            raise UserError(f"--{key} is set by {parser.prog} itself. Fix: drop --{key}{reserved_fix}.")
         overrides[key] = value
-    return args, overrides
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    from recbole_diffcl.errors import UserError
+    from recbole_diffcl.errors import exit_code_of
     from recbole_diffcl.quick_start import run
 
-    try:
+    def train() -> int:
         run(
             model=args.model,
             dataset=args.dataset,
@@ -37,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             config_dict=overrides,
             result_file=args.result_file,
         )
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return 0
+
+    try:
+        return exit_code_of(train)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 

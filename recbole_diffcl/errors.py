@@ -1,4 +1,6 @@
 """User-facing errors: one paragraph that names the problem and the fix, no traceback."""
+import sys
+from typing import Callable
 
 
 class UserError(Exception):
@@ -9,3 +11,12 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+def exit_code_of(command: Callable[[], int]) -> int:
+    """Run a command-line entry point: a ``UserError`` becomes its message on stderr and exit code 2."""
+    try:
+        return command()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code

@@ -61,6 +61,8 @@ GENERAL_CHECKS: dict[str, Check] = {
     "eval_step": non_negative_int(),
     "length_bucketing": boolean(),
     "length_bucket_chunk": positive_int(),
+    "exclude_history": boolean(),
+    "user_rankings_file": (lambda v: v is None or isinstance(v, str), "a file path, or ~ for none"),
 }
 
 

@@ -22,6 +22,7 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_diffcl.data import create_dataset
 from recbole_diffcl.dataloader import bucketed_train_data
 from recbole_diffcl.errors import UserError
+from recbole_diffcl.evaluation import with_evaluation_options
 from recbole_diffcl.properties import validate_properties
 from recbole_diffcl.trainer import get_trainer, plain
 from recbole_diffcl.utils import get_model, props_dir
@@ -141,7 +142,9 @@ def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[
     net = model_class(config, train_data._dataset).to(config["device"])
     logger.info(net)
 
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"], model_class)(config, net)
+    trainer_class = with_evaluation_options(get_trainer(config["MODEL_TYPE"], config["model"], model_class))
+    trainer = trainer_class(config, net)
+    trainer.prepare_evaluation(train_data, valid_data, test_data)  # exclude_history, user_rankings_file
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )

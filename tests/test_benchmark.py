@@ -1,0 +1,223 @@
+"""``python -m recbole_diffcl.benchmark`` end to end on a slice of ml-100k, its rerun behaviour, the
+per-group metrics and the ``exclude_history`` protocol option."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recbole_diffcl import benchmark
+from recbole_diffcl.errors import UserError
+from recbole_diffcl.evaluation import (
+    EvaluationOptionsMixin,
+    LengthGroup,
+    parse_length_groups,
+    ranking_metrics,
+    read_rankings,
+    topk_from_result_keys,
+)
+from tests.conftest import ROOT
+
+TINY = [
+    "--user_inter_num_interval=[0,25]", "--epochs=1", "--hidden_size=16", "--inner_size=32",
+    "--train_batch_size=256", "--show_progress=False", "--diffusion_steps=50", "--denoiser_inner_size=32",
+]
+
+
+def run_module(module: str, args: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    # One torch thread per run: on a small shared machine two OpenMP threads that wait on each other
+    # make these tiny runs many times slower; results are the same.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_benchmark_end_to_end_and_rerun(tmp_path):
+    out = tmp_path / "bench"
+    args = ["--dataset=ml-100k", "--models=SASRec,DiffCLRec", "--seeds=2020,2021", "--length_groups=-21,22-23,24-",
+            *TINY, f"--out={out}"]
+    proc = run_module("recbole_diffcl.benchmark", args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[1/4] SASRec seed 2020: running" in proc.stdout and "[4/4] DiffCLRec seed 2021: done" in proc.stdout
+    assert "ETA" in proc.stdout
+
+    # results.csv: one row per run with every metric, the groups, and the cost columns
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 4
+    assert sorted(zip(frame["model"], frame["seed"])) == sorted(
+        (m, s) for m in ("SASRec", "DiffCLRec") for s in (2020, 2021))
+    metrics = [f"{m}@{k}" for m in ("hit", "ndcg", "mrr") for k in (5, 10, 20)]
+    groups = ["len-21", "len22-23", "len24+"]
+    expected = {"model", "seed", "epochs", "seconds_per_epoch", "peak_rss_mb", "exclude_history", *metrics,
+                *(f"valid_{m}" for m in metrics), *(f"{g}_{m}" for g in groups for m in metrics),
+                *(f"{g}_users" for g in groups)}
+    assert expected <= set(frame.columns)
+    assert (frame["epochs"] == 1).all() and (frame["seconds_per_epoch"] > 0).all() and (frame["peak_rss_mb"] > 50).all()
+    assert not frame["exclude_history"].any()
+
+    for _, row in frame.iterrows():
+        rankings = read_rankings(str(out / "runs" / f"{row['model']}-{row['seed']}.users.csv"))
+        # the groups partition the test users
+        assert sum(row[f"{g}_users"] for g in groups) == len(rankings["user_id"]) > 100
+        assert all(row[f"{g}_users"] > 0 for g in groups)
+        # the per-user rankings reproduce RecBole's own test result exactly
+        result = json.loads((out / "runs" / f"{row['model']}-{row['seed']}.json").read_text())
+        names, topk = topk_from_result_keys(list(result["test_result"]))
+        assert ranking_metrics(rankings["topk_position"], names, topk) == result["test_result"]
+        # a group's value is the user-weighted share of the whole
+        whole = sum(row[f"{g}_hit@20"] * row[f"{g}_users"] for g in groups) / len(rankings["user_id"])
+        assert whole == pytest.approx(row["hit@20"], abs=2e-4)
+
+    summary = (out / "summary.md").read_text()
+    assert "| SASRec | 2 |" in summary and "| DiffCLRec | 2 |" in summary
+    assert "**" in summary  # best in bold
+    assert "scipy.stats.ttest_rel" in summary and "exclude_history: False" in summary
+    assert "### len22-23 (22-23 interactions)" in summary
+    p_values = [float(p) for p in re.findall(r"p = ([0-9.e+-]+)", summary)]
+    assert p_values and all(0 <= p <= 1 for p in p_values)
+    png = (out / "summary.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    # Rerun: finished runs are skipped; an interrupted one (no complete result file) is redone.
+    done = out / "runs" / "SASRec-2020.json"
+    stamp = done.stat().st_mtime_ns
+    (out / "runs" / "DiffCLRec-2021.json").write_text('{"model": "DiffCLRec", "se')  # cut short
+    proc = run_module("recbole_diffcl.benchmark", args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "4 runs: 3 finished earlier, 1 to run" in proc.stdout
+    assert proc.stdout.count("finished earlier, skipped") == 3
+    assert "[4/4] DiffCLRec seed 2021: done" in proc.stdout
+    assert done.stat().st_mtime_ns == stamp
+    assert len(pd.read_csv(out / "results.csv")) == 4
+
+    # Other settings into the same folder are refused (they would mix two experiments).
+    proc = run_module("recbole_diffcl.benchmark", [*args, "--learning_rate=0.01"], cwd=tmp_path)
+    assert proc.returncode == 2 and "other settings" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _fake_execute(fail: set):
+    """Stand-in for running the runner: writes a plausible result (or fails) without training."""
+
+    def execute(cmd, log_file, verbose, cwd=None):
+        args = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--"))
+        name = f"{args['model']}-{args['seed']}"
+        Path(log_file).write_text("fake run\n")
+        if name in fail:
+            return 1
+        rng = np.random.default_rng(int(args["seed"]) + len(args["model"]))
+        positions = rng.integers(0, 25, size=40)
+        pd.DataFrame({
+            "user_id": range(40), "seq_len": rng.integers(5, 12, size=40), "target_item": 1,
+            "rank": np.where(positions > 0, positions, 50), "topk_position": np.where(positions <= 20, positions, 0),
+        }).to_csv(args["user_rankings_file"], index=False)
+        test = ranking_metrics(np.where(positions <= 20, positions, 0), ["hit", "ndcg", "mrr"], [5, 10, 20])
+        Path(args["result_file"]).write_text(json.dumps({
+            "model": args["model"], "dataset": args["dataset"], "seed": int(args["seed"]),
+            "properties": {"exclude_history": True, "valid_metric": "NDCG@10"}, "best_valid_result": test,
+            "test_result": test, "epochs_run": 2, "seconds_per_epoch": [1.0, 1.2], "peak_rss_mb": 300.0,
+        }))
+        return 0
+
+    return execute
+
+
+def test_failed_runs_are_reported_and_redone(tmp_path, monkeypatch, capsys):
+    args = ["--models=SASRec,DiffCLRec", "--seeds=1,2,3", f"--out={tmp_path}"]
+    monkeypatch.setattr(benchmark, "execute", _fake_execute(fail={"DiffCLRec-2"}))
+    assert benchmark.main(args) == 1
+    captured = capsys.readouterr()
+    assert "DiffCLRec seed 2: FAILED (exit code 1)" in captured.out and "DiffCLRec-2" in captured.err
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 5
+    summary = (tmp_path / "summary.md").read_text()
+    assert "**failed**: DiffCLRec-2" in summary and "**excluded**" in summary  # exclude_history: True
+
+    monkeypatch.setattr(benchmark, "execute", _fake_execute(fail=set()))
+    assert benchmark.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == 5 and "DiffCLRec seed 2: done" in out
+    frame = pd.read_csv(tmp_path / "results.csv")
+    assert len(frame) == 6
+    # counts per group add up to all users, group 'other' only when some fall outside every group
+    assert (frame[["short_users", "mid_users", "long_users"]].sum(axis=1) == 40).all()
+    assert "other_users" not in frame.columns
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    assert benchmark.main(["--models=SASRec,NoSuchModel", f"--out={tmp_path}"]) == 2
+    assert "Unknown model 'NoSuchModel'" in capsys.readouterr().err
+    assert benchmark.main(["--models=SASRec", "--seed=3", f"--out={tmp_path}"]) == 2
+    assert "--seed is set by the benchmark" in capsys.readouterr().err
+    assert benchmark.main(["--models=SASRec", "--seeds=1,x", f"--out={tmp_path}"]) == 2
+    assert benchmark.main(["--models=SASRec", "--length_groups=1-5,5-9", f"--out={tmp_path}"]) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert benchmark.main(["--models=SASRec", "--exclude_history=maybe", f"--out={tmp_path}"]) == 2
+    assert "exclude_history" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_length_groups():
+    assert parse_length_groups(benchmark.DEFAULT_LENGTH_GROUPS) == [
+        LengthGroup("short", 1, 5), LengthGroup("mid", 6, 8), LengthGroup("long", 9, None)]
+    groups = parse_length_groups("5,6-8,9-")
+    assert [g.name for g in groups] == ["len5", "len6-8", "len9+"]
+    lengths = np.array([4, 5, 6, 8, 9, 40])
+    assert [g.contains(lengths).sum() for g in groups] == [1, 2, 2]
+    assert [g.describe() for g in parse_length_groups("short=-5,9-")] == ["<= 5", ">= 9"]
+    for bad in ("", "a-b", "8-6", "x=1,x=2", "1-5,5-9"):
+        with pytest.raises(UserError):
+            parse_length_groups(bad)
+
+
+def test_paired_test_edge_cases():
+    assert benchmark.paired_test({1: 0.2, 2: 0.3}, {1: 0.2, 2: 0.3})["p"] == 1.0  # tie on every seed
+    assert benchmark.paired_test({1: 0.2}, {1: 0.1})["p"] is None  # one seed
+    assert benchmark.paired_test({1: 0.2, 2: 0.3}, {1: 0.1, 2: 0.2})["p"] is None  # same difference
+    test = benchmark.paired_test({1: 0.2, 2: 0.35, 3: 0.3}, {1: 0.1, 2: 0.2, 3: 0.29})
+    assert 0 <= test["p"] <= 1 and test["n"] == 3 and test["diff"] == pytest.approx(0.26 / 3)
+
+
+class _Masker(EvaluationOptionsMixin):
+    """The mixin's history masking, without a trainer around it."""
+
+    def __init__(self, config):
+        self.config = config
+
+
+@pytest.mark.filterwarnings("ignore:A value is trying to be set on a copy:FutureWarning")  # RecBole's loader
+def test_exclude_history_masks_the_whole_history_but_not_the_target():
+    from recbole.data import data_preparation
+
+    from recbole_diffcl.data import create_dataset
+    from recbole_diffcl.quick_start import load_config
+
+    # A short MAX_ITEM_LIST_LENGTH: most of the history lies outside the model's input window.
+    _, config = load_config("SASRec", "ml-100k", config_dict={
+        "user_inter_num_interval": "[0,25]", "MAX_ITEM_LIST_LENGTH": 5, "exclude_history": True})
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    masker = _Masker(config)
+    masker.prepare_evaluation(train, valid, test)
+
+    inter = dataset.inter_feat  # all rows: the user's items are its targets plus the first input item
+    items_of = {}
+    for u, target, seq, n in zip(inter["user_id"].tolist(), inter["item_id"].tolist(),
+                                 inter["item_id_list"].tolist(), inter["item_length"].tolist()):
+        items_of.setdefault(u, set()).update([target, *seq[:n]])
+
+    for loader, later in ((valid, 1), (test, 0)):
+        masker._eval_history = next(h for l, h in masker._histories if l is loader)
+        interaction, _, positive_u, positive_i = next(iter(loader))
+        scores = torch.zeros(len(interaction), dataset.item_num)
+        masker._mask_history(interaction, scores, positive_u, positive_i)
+        for row, (u, target) in enumerate(zip(interaction["user_id"].tolist(), positive_i.tolist())):
+            masked = set(torch.nonzero(torch.isinf(scores[row])).flatten().tolist())
+            # valid: everything but the valid and test targets; test: everything but the test target
+            assert len(masked) == len(items_of[u]) - 1 - later
+            assert target not in masked and masked < items_of[u]
+    assert masker._seq_len[test._dataset.inter_feat["user_id"].numpy()].min() >= 20
