@@ -9,8 +9,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 for model in $models; do
   echo "[compare] $model on $dataset $* ($(date +%H:%M:%S))" >&2
+  # runs inside OUT_DIR (logs, saved/ there); the data stay in the repo's dataset/ unless --data_path is given
   (cd "$out" && python "$root/run_recbole_diffcl.py" --model="$model" --dataset="$dataset" --show_progress=False \
-      --result_file="$model.json" "$@" > "$model.log" 2>&1)
+      --data_path="$root/dataset/" --result_file="$model.json" "$@" > "$model.log" 2>&1)
 done
 python - "$out" $models <<'PY'
 import json, statistics, sys

@@ -101,19 +101,17 @@ class DuoRec(ContrastiveSequentialRecommender):
 
         need_un_view = self.contrast in ("un", "us", "us_x")
         need_su_view = self.contrast in ("su", "us", "us_x")
-        seqs, lens = [item_seq], [item_seq_len]
+        h_un = h_sem = None
         if need_un_view:
-            seqs.append(item_seq)  # same input, fresh dropout masks
-            lens.append(item_seq_len)
+            # The anchor twice in one batched pass: rows are independent, dropout masks differ per row.
+            h, h_un = self.encode_views([item_seq, item_seq], item_seq_len)
+        else:
+            h = self.forward(item_seq, item_seq_len)
         if need_su_view:
+            # A pass of its own: same-target rows have any length, and sharing the anchors' pass would widen
+            # it to the longest of them (with length bucketing the anchors' batch is short).
             sem_seq, sem_len = self.sample_same_target(interaction[self.ROW_ID])
-            seqs.append(sem_seq)
-            lens.append(sem_len)
-        # Every pass in one batched encoder call: rows are independent, dropout masks differ per row.
-        outputs = self.forward(torch.cat(seqs), torch.cat(lens)).chunk(len(seqs))
-        h = outputs[0]
-        h_un = outputs[1] if need_un_view else None
-        h_sem = outputs[-1] if need_su_view else None
+            h_sem = self.forward(sem_seq, sem_len)
 
         rec_loss = self.rec_loss(h, interaction)
         targets = interaction[self.POS_ITEM_ID] if self.remove_false_negatives else None
