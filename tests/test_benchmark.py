@@ -152,7 +152,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
     assert benchmark.main(["--models=SASRec,NoSuchModel", f"--out={tmp_path}"]) == 2
     assert "Unknown model 'NoSuchModel'" in capsys.readouterr().err
     assert benchmark.main(["--models=SASRec", "--seed=3", f"--out={tmp_path}"]) == 2
-    assert "--seed is set by the benchmark" in capsys.readouterr().err
+    assert "--seed is set by python -m recbole_diffcl.benchmark itself" in capsys.readouterr().err
     assert benchmark.main(["--models=SASRec", "--seeds=1,x", f"--out={tmp_path}"]) == 2
     assert benchmark.main(["--models=SASRec", "--length_groups=1-5,5-9", f"--out={tmp_path}"]) == 2
     assert "overlap" in capsys.readouterr().err

@@ -110,7 +110,7 @@ def test_all_trials_failing_exits_1(tmp_path, monkeypatch, capsys):
         ("learning_rate: [0.001, -1]", {}, "learning_rate"),  # a value the runner's checks reject
         ("learning_rate: [0.001]", {"max_evals": None}, "needs --max_evals"),
         ("[1, 2]", {}, "must map property names"),
-        ("learning_rate: [0.001]", {"seed": "1", "result_file": "x.json"}, "set by the tuner"),
+        ("learning_rate: [0.001]", {"seed": "1", "result_file": "x.json"}, "recbole_diffcl.tune itself"),
     ],
 )
 def test_user_errors(tmp_path, capsys, space, options, message):
