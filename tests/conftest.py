@@ -60,18 +60,34 @@ def make_batch(batch: int = 8, max_len: int = 50, n_items: int = 60, seed: int =
     }
 
 
-@pytest.fixture
-def tiny_run_dict(tmp_path) -> dict:
-    """Properties for a fast end-to-end run on a slice of ml-100k (bundled with RecBole)."""
-    return {
-        "user_inter_num_interval": "[0,25]",
-        "epochs": 2,
-        "train_batch_size": 256,
-        "eval_batch_size": 512,
+def tiny_config(tmp_path, **overrides) -> dict:
+    """Properties for a fast one-epoch run on a slice of ml-100k (bundled with RecBole)."""
+    props = {
+        "user_inter_num_interval": "[0,30]",
+        "epochs": 1,
+        "train_batch_size": 128,
+        "eval_batch_size": 256,
+        "show_progress": False,
         "hidden_size": 16,
         "inner_size": 32,
-        "diffusion_steps": 50,
-        "denoiser_inner_size": 32,
-        "show_progress": False,
         "checkpoint_dir": str(tmp_path / "saved"),
+        "log_wandb": False,
+        "state": "WARNING",
     }
+    props.update(overrides)
+    return props
+
+
+@pytest.fixture
+def tiny_run_dict(tmp_path) -> dict:
+    """A two-epoch DiffCLRec-sized run that logs at INFO (the end-to-end test reads the log)."""
+    return tiny_config(
+        tmp_path,
+        user_inter_num_interval="[0,25]",
+        epochs=2,
+        train_batch_size=256,
+        eval_batch_size=512,
+        diffusion_steps=50,
+        denoiser_inner_size=32,
+        state="INFO",
+    )

@@ -9,6 +9,7 @@ import torch
 from recbole_diffcl import augment
 from recbole_diffcl.model.cl4srec import CL4SRec
 from tests.conftest import make_batch, make_model
+from tests.conftest import tiny_config
 
 SMALL = dict(hidden_size=16, inner_size=32)
 MASK = 10**7  # larger than every item id of the test batches
@@ -199,19 +200,6 @@ def test_invalid_operation_list_is_a_user_error():
 
 
 # -- on real data ------------------------------------------------------------------------------------------
-def tiny_config(tmp_path) -> dict:
-    return {
-        "user_inter_num_interval": "[0,30]",
-        "epochs": 1,
-        "train_batch_size": 128,
-        "eval_batch_size": 256,
-        "show_progress": False,
-        "hidden_size": 16,
-        "inner_size": 32,
-        "checkpoint_dir": str(tmp_path / "saved"),
-        "log_wandb": False,
-        "state": "WARNING",
-    }
 
 
 @pytest.mark.parametrize("model_name", ["CL4SRec", "DuoRec"])

@@ -11,6 +11,7 @@ from recbole_diffcl.errors import UserError
 from recbole_diffcl.model.contrastive import info_nce
 from recbole_diffcl.model.duorec import DuoRec
 from tests.conftest import FakeDataset, model_config
+from tests.conftest import tiny_config
 
 SMALL = dict(hidden_size=16, inner_size=32)
 ROW_ID = DuoRecDataset.ROW_ID_FIELD
@@ -77,19 +78,6 @@ def test_sampling_is_tensor_ops_fast_on_a_large_index():
 
 
 # -- DuoRecDataset on ml-100k --------------------------------------------------------------------------
-def tiny_config(tmp_path) -> dict:
-    return {
-        "user_inter_num_interval": "[0,30]",
-        "epochs": 1,
-        "train_batch_size": 128,
-        "eval_batch_size": 256,
-        "show_progress": False,
-        "hidden_size": 16,
-        "inner_size": 32,
-        "checkpoint_dir": str(tmp_path / "saved"),
-        "log_wandb": False,
-        "state": "WARNING",
-    }
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from recbole_diffcl.quick_start import load_config, run
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -15,21 +16,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_config(tmp_path) -> dict:
-    return {
-        "user_inter_num_interval": "[0,30]",
-        "epochs": 1,
-        "train_batch_size": 128,
-        "eval_batch_size": 256,
-        "show_progress": False,
-        "hidden_size": 16,
-        "inner_size": 32,
-        "checkpoint_dir": str(tmp_path / "saved"),
-        "log_wandb": False,
-        "state": "WARNING",
-    }
 
 
 @pytest.mark.parametrize("model", ["SASRec", "BERT4Rec", "GRU4Rec", "FEARec"])
