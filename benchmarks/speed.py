@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         gpu = f"{r['gpu_gb']:.2f}" if r["gpu_gb"] is not None else "-"
         lines.append(
-            f"| {r['model']} | {r['epoch_s']:.1f} | {r['epochs']} | {r['eval_s']:.1f} | {r['rss_gb']:.2f} | {gpu} | {r['batch']} |"
+            f"| {r['model']} | {r['epoch_s']:.1f} | {r['epochs']} | {r['eval_s']:.2f} | {r['rss_gb']:.2f} | {gpu} | {r['batch']} |"
         )
     table = "\n".join(lines) + "\n"
     print(table)
