@@ -60,6 +60,16 @@ def make_batch(batch: int = 8, max_len: int = 50, n_items: int = 60, seed: int =
     }
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test: on a shared 2-core machine, threads spinning against other
+    processes made training steps ~40x slower; one thread keeps these tests fast and stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(tmp_path, **overrides) -> dict:
     """Properties for a fast one-epoch run on a slice of ml-100k (bundled with RecBole)."""
     props = {

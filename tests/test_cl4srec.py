@@ -15,14 +15,7 @@ SMALL = dict(hidden_size=16, inner_size=32)
 MASK = 10**7  # larger than every item id of the test batches
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine, intra-op threads spinning against other processes made training
-    # steps ~40x slower; one thread keeps these tests fast and stable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def batch_of_distinct_items(lengths: list[int], width: int = 20) -> tuple[torch.Tensor, torch.Tensor]:

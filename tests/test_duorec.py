@@ -17,14 +17,7 @@ SMALL = dict(hidden_size=16, inner_size=32)
 ROW_ID = DuoRecDataset.ROW_ID_FIELD
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine, intra-op threads spinning against other processes made training
-    # steps ~40x slower; one thread keeps these tests fast and stable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- the index ------------------------------------------------------------------------------------------

@@ -8,14 +8,7 @@ from recbole_diffcl.quick_start import load_config, run
 from tests.conftest import tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine, intra-op threads spinning against other processes made training
-    # steps ~40x slower; one thread keeps these tests fast and stable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("model", ["SASRec", "BERT4Rec", "GRU4Rec", "FEARec"])
