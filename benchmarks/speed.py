@@ -80,29 +80,34 @@ def main(argv: list[str] | None = None) -> int:
                     "rss_gb": r["peak_rss_mb"] / 1024,
                     "gpu_gb": r.get("peak_gpu_mb", 0) / 1024 if "peak_gpu_mb" in r else None,
                     "batch": r["properties"].get("train_batch_size"),
+                    "ndcg": r["test_result"].get("ndcg@10"),
                 }
             )
             print(f"[speed] {model}: median epoch {rows[-1]['epoch_s']:.1f} s", file=sys.stderr, flush=True)
+            write_table(rows, argv, args.out)  # after every model: a long benchmark cut short keeps its rows
+    return 0
 
+
+def write_table(rows: list[dict], argv: list[str] | None, out: str | None) -> None:
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}",
         f"Command: `{command}`",
         "",
-        "| model | s / training epoch (median after warm-up) | all epochs (s) | test full-sort eval (s) | peak RSS (GB) | peak GPU (GB) | batch |",
-        "|---|---|---|---|---|---|---|",
+        "| model | s / training epoch (median after warm-up) | all epochs (s) | test full-sort eval (s) | peak RSS (GB) | peak GPU (GB) | batch | test NDCG@10 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gpu = f"{r['gpu_gb']:.2f}" if r["gpu_gb"] is not None else "-"
         lines.append(
-            f"| {r['model']} | {r['epoch_s']:.1f} | {r['epochs']} | {r['eval_s']:.2f} | {r['rss_gb']:.2f} | {gpu} | {r['batch']} |"
+            f"| {r['model']} | {r['epoch_s']:.1f} | {r['epochs']} | {r['eval_s']:.2f} | {r['rss_gb']:.2f} | {gpu} | {r['batch']} | {r['ndcg']:.4f} |"
         )
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table)
-    return 0
+    print(table, flush=True)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out + ".tmp").write_text(table)
+        os.replace(out + ".tmp", out)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         "cl_similarity": P.one_of(*SIMILARITIES),
         "cl_warmup_epochs": P.non_negative_int(),
         "trim_batches": P.boolean(),
+        "length_sorted_passes": P.positive_int(),
     }
 
     def __init__(self, config, dataset):
@@ -105,6 +106,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         self.cl_similarity = config["cl_similarity"]
         self.cl_warmup_epochs = config["cl_warmup_epochs"] or 0
         self.trim_batches = config["trim_batches"] if config["trim_batches"] is not None else True
+        self.length_sorted_passes = config["length_sorted_passes"] or 1
         self.current_epoch = 0  # set by the trainer at the start of every epoch
 
         self.item_embedding = nn.Embedding(self.n_items + self.extra_item_tokens, self.hidden_size, padding_idx=0)
@@ -156,12 +158,49 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         h = self.dropout(self.LayerNorm(h))
         return self.trm_encoder(h, self.get_attention_mask(item_seq), output_all_encoded_layers=False)[-1]
 
+    def length_sorted_plan(
+        self, item_seq_len: torch.Tensor
+    ) -> Optional[tuple[list[torch.Tensor], list[int], torch.Tensor]]:
+        """How to run a row-independent computation in ``length_sorted_passes`` sub-batches.
+
+        Returns (row indices of each sub-batch, its width = its longest row, the permutation that puts
+        the concatenated sub-batch outputs back in batch order), or None for one pass: when the option
+        is 1, trimming is off, the batch is small, or splitting would save less than a quarter of the
+        padded positions (e.g. a length-bucketed batch of similar rows).
+        """
+        passes = self.length_sorted_passes
+        if passes <= 1 or not self.trim_batches or item_seq_len.size(0) < 2 * passes:
+            return None
+        order = torch.argsort(item_seq_len)
+        chunks = list(order.chunk(passes))
+        sorted_lengths = item_seq_len[order].clamp(min=1).tolist()
+        widths, end = [], 0
+        for chunk in chunks:
+            end += len(chunk)
+            widths.append(sorted_lengths[end - 1])
+        if sum(len(c) * w for c, w in zip(chunks, widths)) > 0.75 * len(order) * widths[-1]:
+            return None
+        return chunks, widths, torch.argsort(order)
+
     def forward(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, item_weight: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """Sequence representation: encoder output at the last real position (B x d)."""
-        item_seq = self.trim(item_seq, item_seq_len)
-        return self.gather_indexes(self.encode_positions(item_seq, item_weight), item_seq_len - 1)
+        """Sequence representation: encoder output at the last real position (B x d).
+
+        Rows are encoded in length-sorted sub-batches (``length_sorted_plan``), each trimmed to its own
+        longest row: the same outputs (rows never attend to each other), far less padding when a batch
+        mixes short and long rows.
+        """
+        plan = self.length_sorted_plan(item_seq_len)
+        if plan is None:
+            item_seq = self.trim(item_seq, item_seq_len)
+            return self.gather_indexes(self.encode_positions(item_seq, item_weight), item_seq_len - 1)
+        chunks, widths, restore = plan
+        outputs = [
+            self.gather_indexes(self.encode_positions(item_seq[rows, :width], item_weight), item_seq_len[rows] - 1)
+            for rows, width in zip(chunks, widths)
+        ]
+        return torch.cat(outputs)[restore]
 
     # -- losses -------------------------------------------------------------------------------------
     def rec_loss(self, seq_output: torch.Tensor, interaction) -> torch.Tensor:

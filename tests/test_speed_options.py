@@ -1,0 +1,78 @@
+"""Speed options leave what the models compute unchanged: length-sorted passes (bucketing: test_dataloader)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recbole_diffcl.model.cl4srec import CL4SRec
+from recbole_diffcl.model.contrastive import ContrastiveSequentialRecommender
+from recbole_diffcl.model.diffclrec import DiffCLRec
+from tests.conftest import make_batch, make_model
+
+SMALL = dict(hidden_size=16, inner_size=32, n_layers=2, n_heads=2)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _with_passes(model_class, passes: int, **props):
+    torch.manual_seed(0)  # same initial weights for every value of ``passes``
+    return make_model(model_class, length_sorted_passes=passes, **SMALL, **props)
+
+
+def _count_encoder_calls(model: ContrastiveSequentialRecommender) -> list[int]:
+    widths: list[int] = []
+    original = model.encode_positions
+
+    def counting(item_seq, item_weight=None):
+        widths.append(item_seq.size(1))
+        return original(item_seq, item_weight)
+
+    model.encode_positions = counting
+    return widths
+
+
+@pytest.mark.parametrize("model_class", [DiffCLRec, CL4SRec])
+def test_length_sorted_passes_give_the_same_representations_and_gradients(model_class):
+    batch = make_batch(batch=32, max_len=50, shortest=1, longest=50, seed=3)
+    outputs, grads = [], []
+    for passes in (1, 4):
+        model = _with_passes(model_class, passes).eval()  # eval: no dropout, so both runs are deterministic
+        widths = _count_encoder_calls(model)
+        h = model.forward(batch["item_id_list"], batch["item_length"])
+        (h.square().sum() + model.full_sort_predict(batch)[:, 1].sum()).backward()
+        outputs.append(h.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        # one pass over the whole batch, or four passes each as wide as its own longest row
+        assert len(widths) == (2 if passes == 1 else 8)
+        assert (max(widths) == int(batch["item_length"].max())) and (passes == 1 or min(widths) < max(widths))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", [DiffCLRec, CL4SRec])
+def test_length_sorted_passes_give_the_same_training_losses(model_class):
+    batch = make_batch(batch=24, max_len=50, shortest=1, longest=50, seed=4)
+    losses = []
+    for passes in (1, 3):
+        model = _with_passes(model_class, passes, **({"mask_ratio": 0.4} if model_class is DiffCLRec else {})).eval()
+        torch.manual_seed(7)  # the same augmentation draws in both runs
+        losses.append(torch.stack(list(model.calculate_loss(batch))))
+    assert losses[0][1] > 0, "the contrastive loss must be part of the comparison"
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+
+
+def test_one_pass_when_rows_have_similar_lengths():
+    # a length-bucketed batch: splitting would save nothing, so the batch is encoded once
+    batch = make_batch(batch=32, max_len=50, shortest=9, longest=10)
+    model = _with_passes(DiffCLRec, 4).eval()
+    widths = _count_encoder_calls(model)
+    model.forward(batch["item_id_list"], batch["item_length"])
+    assert widths == [10]
+
+
+def test_no_split_without_trimming():
+    batch = make_batch(batch=32, max_len=50, shortest=1, longest=30)
+    model = _with_passes(DiffCLRec, 4, trim_batches=False).eval()
+    widths = _count_encoder_calls(model)
+    model.forward(batch["item_id_list"], batch["item_length"])
+    assert widths == [50]
