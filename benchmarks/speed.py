@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4, help="training epochs per model; the first is warm-up")
     parser.add_argument("--out", default=None, help="write the markdown table here (also printed)")
     args, overrides = parser.parse_known_args(argv)
+    if not any(o.startswith("--data_path=") for o in overrides):
+        # runs happen in a temporary folder: read the data from this checkout's dataset/ (as the runner would)
+        overrides.append(f"--data_path={ROOT / 'dataset'}")
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (one warm-up epoch, then the measured ones)")
 
