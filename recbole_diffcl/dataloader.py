@@ -61,3 +61,28 @@ def bucketed_train_data(config, train_data: TrainDataLoader) -> TrainDataLoader:
     if not config["length_bucketing"]:
         return train_data
     return BucketedTrainDataLoader(config, train_data._dataset, train_data._sampler, shuffle=True)
+
+
+def last_row_per_user(user_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Indices of each user's longest training row (its whole training sequence), in user order."""
+    order = np.lexsort((lengths.numpy(), user_ids.numpy()))  # by user, then by length
+    users = user_ids.numpy()[order]
+    is_last = np.ones(len(order), dtype=bool)
+    is_last[:-1] = users[1:] != users[:-1]
+    return torch.from_numpy(order[is_last])
+
+
+def whole_sequence_train_data(config, train_data: TrainDataLoader) -> TrainDataLoader:
+    """``train_data`` with one row per user when ``whole_sequence_training`` is on, else unchanged.
+
+    RecBole turns a user's training items into one row per prefix (prefix -> next item). The longest
+    row holds all the others: its sequence plus its target is the user's whole training sequence, and a
+    model trained on it with the loss at every position (the SASRec paper's regime) sees every
+    prefix -> next-item target once per epoch in ~avg-length times fewer encoder passes.
+    """
+    if not config["whole_sequence_training"]:
+        return train_data
+    dataset = train_data._dataset
+    feat = dataset.inter_feat
+    keep = last_row_per_user(feat[config["USER_ID_FIELD"]], feat[config["ITEM_LIST_LENGTH_FIELD"]])
+    return TrainDataLoader(config, dataset.copy(feat[keep]), train_data._sampler, shuffle=True)

@@ -59,6 +59,7 @@ GENERAL_CHECKS: dict[str, Check] = {
     "MAX_ITEM_LIST_LENGTH": positive_int(),
     "stopping_step": positive_int(),
     "eval_step": non_negative_int(),
+    "whole_sequence_training": boolean(),
     "length_bucketing": boolean(),
     "length_bucket_chunk": positive_int(),
     "exclude_history": boolean(),

@@ -20,7 +20,7 @@ from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_diffcl.data import create_dataset
-from recbole_diffcl.dataloader import bucketed_train_data
+from recbole_diffcl.dataloader import bucketed_train_data, whole_sequence_train_data
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.evaluation import with_evaluation_options
 from recbole_diffcl.properties import validate_properties
@@ -90,6 +90,17 @@ def load_config(
             "empty. Fix: also pass --train_neg_sample_args=\"{'distribution': 'uniform', 'sample_num': 1}\" "
             "(or keep the default loss_type=CE)."
         )
+    if config["whole_sequence_training"] and not getattr(model_class, "supports_whole_sequence", False):
+        raise UserError(
+            f"whole_sequence_training=True is not available for {model_class.__name__}: it needs a model that "
+            f"puts the next-item loss at every position (DiffCLRec, CL4SRec). Fix: drop "
+            f"--whole_sequence_training or set it to False."
+        )
+    if config["whole_sequence_training"] and config["loss_type"] != "CE":
+        raise UserError(
+            "whole_sequence_training=True works with loss_type=CE only (RecBole samples one negative per row, "
+            "not per position). Fix: use --loss_type=CE or set whole_sequence_training to False."
+        )
     return model_class, config
 
 
@@ -136,7 +147,7 @@ def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[
         ) from None
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
-    train_data = bucketed_train_data(config, train_data)
+    train_data = bucketed_train_data(config, whole_sequence_train_data(config, train_data))
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = model_class(config, train_data._dataset).to(config["device"])

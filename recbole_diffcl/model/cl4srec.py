@@ -39,6 +39,7 @@ class CL4SRec(ContrastiveSequentialRecommender):
     r"""CL4SRec (Xie et al., ICDE 2022) on RecBole's sequential data, with a SASRec encoder."""
 
     loss_names = ("rec", "cl")
+    supports_whole_sequence = True
     extra_item_tokens = 1  # the mask token, id n_items
     property_checks = {
         "crop_eta": P.probability(),
@@ -75,6 +76,13 @@ class CL4SRec(ContrastiveSequentialRecommender):
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        if self.whole_sequence:  # loss at every position: the original needs a pass of its own
+            rec_loss = self.whole_sequence_rec_loss(item_seq, item_seq_len, interaction)
+            if not self.cl_active():
+                return rec_loss, rec_loss.new_zeros(())
+            views, lengths = self.make_views(item_seq, item_seq_len)
+            z1, z2 = self.forward(torch.cat(views), torch.cat(lengths)).chunk(2)
+            return rec_loss, self.cl_weight * self.contrastive_loss(z1, z2)
         if not self.cl_active():
             rec_loss = self.rec_loss(self.forward(item_seq, item_seq_len), interaction)
             return rec_loss, rec_loss.new_zeros(())

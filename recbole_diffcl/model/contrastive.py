@@ -70,6 +70,8 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
     """
 
     loss_names: tuple[str, ...] = ("rec", "cl")
+    #: whether ``calculate_loss`` supports ``whole_sequence_training`` (loss at every position)
+    supports_whole_sequence: bool = False
     #: rows appended to the item table after the real items (e.g. CL4SRec's mask token); never scored.
     extra_item_tokens: int = 0
     #: properties this class reads, with their checks (see ``recbole_diffcl.properties``)
@@ -107,6 +109,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         self.cl_warmup_epochs = config["cl_warmup_epochs"] or 0
         self.trim_batches = config["trim_batches"] if config["trim_batches"] is not None else True
         self.length_sorted_passes = config["length_sorted_passes"] or 1
+        self.whole_sequence = bool(config["whole_sequence_training"])
         self.current_epoch = 0  # set by the trainer at the start of every epoch
 
         self.item_embedding = nn.Embedding(self.n_items + self.extra_item_tokens, self.hidden_size, padding_idx=0)
@@ -202,6 +205,28 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         ]
         return torch.cat(outputs)[restore]
 
+    def map_length_sorted(self, fn, item_seq_len: torch.Tensor, *row_tensors: torch.Tensor) -> torch.Tensor:
+        """``fn(*row_tensors)`` -> B x L x d for a row-independent ``fn``, run in length-sorted sub-batches.
+
+        Tensors with a position axis (2-D and more) are cut to each sub-batch's width; outputs are padded
+        back to the full width with zeros (at padded positions only, which callers never read).
+        """
+        plan = self.length_sorted_plan(item_seq_len)
+        if plan is None:
+            return fn(*row_tensors)
+        chunks, widths, restore = plan
+        full_width = row_tensors[0].size(1)
+        outputs = []
+        for rows, width in zip(chunks, widths):
+            part = fn(*(t[rows, :width] if t.dim() > 1 else t[rows] for t in row_tensors))
+            outputs.append(F.pad(part, (0, 0, 0, full_width - width)))
+        return torch.cat(outputs)[restore]
+
+    def encode_all_positions(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """Causal encoder output at every position of the trimmed batch (B x L' x d), length-sorted passes."""
+        item_seq = self.trim(item_seq, item_seq_len)
+        return self.map_length_sorted(self.encode_positions, item_seq_len, item_seq)
+
     # -- losses -------------------------------------------------------------------------------------
     def rec_loss(self, seq_output: torch.Tensor, interaction) -> torch.Tensor:
         """Next-item loss exactly as RecBole's SASRec (CE over all items, or BPR with one negative)."""
@@ -212,6 +237,20 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
             neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)
             return self.loss_fct(pos_score, neg_score)
         return self.loss_fct(seq_output @ self.item_table.T, pos_items)
+
+    def whole_sequence_rec_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
+        """CE next-item loss at every real position of each row (``whole_sequence_training``).
+
+        Position i predicts item i+1, the last real position predicts the row's target, so the row's loss
+        terms are exactly those of all its prefix rows in RecBole's one-row-per-prefix data (mean over them).
+        """
+        item_seq = self.trim(item_seq, item_seq_len)
+        targets = torch.cat([item_seq[:, 1:], item_seq.new_zeros(item_seq.size(0), 1)], dim=1)
+        rows = torch.arange(item_seq.size(0), device=item_seq.device)
+        targets[rows, item_seq_len - 1] = interaction[self.POS_ITEM_ID]
+        real = item_seq != 0
+        outputs = self.encode_all_positions(item_seq, item_seq_len)[real]
+        return self.loss_fct(outputs @ self.item_table.T, targets[real])
 
     def cl_active(self) -> bool:
         """Whether the contrastive loss is on in the current epoch (off during ``cl_warmup_epochs``)."""

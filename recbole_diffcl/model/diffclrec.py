@@ -32,6 +32,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
     r"""DiffCLRec (Cui et al., CIKM 2024 / arXiv 2405.09369) on RecBole's sequential data."""
 
     loss_names = ("rec", "cl", "nll", "mse")
+    supports_whole_sequence = True
     property_checks = {
         "mask_ratio": P.probability(),
         "diffusion_steps": P.positive_int(),
@@ -76,28 +77,13 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         if self.denoiser.position == "relative":
             torch.nn.init.zeros_(self.denoiser.relative_bias.weight)  # start as plain bidirectional attention
 
-    def denoise(
-        self, x_t: torch.Tensor, t: torch.Tensor, real: torch.Tensor, item_seq_len: torch.Tensor
-    ) -> torch.Tensor:
-        """The denoiser's x0 prediction (B x L x d), in length-sorted sub-batches when that saves padding.
-
-        Attention never crosses rows and padded keys get zero weight, so a row trimmed to its sub-batch's
-        width gets the same prediction at its real positions; padded positions (never used) are zeros.
-        """
-        plan = self.length_sorted_plan(item_seq_len)
-        if plan is None:
-            return self.denoiser(x_t, t, real)
-        chunks, widths, restore = plan
-        outputs = [
-            F.pad(self.denoiser(x_t[rows, :width], t[rows], real[rows, :width]), (0, 0, 0, x_t.size(1) - width))
-            for rows, width in zip(chunks, widths)
-        ]
-        return torch.cat(outputs)[restore]
-
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, ...]:
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         item_seq = self.trim(interaction[self.ITEM_SEQ], item_seq_len)
-        rec_loss = self.rec_loss(self.forward(item_seq, item_seq_len), interaction)
+        if self.whole_sequence:
+            rec_loss = self.whole_sequence_rec_loss(item_seq, item_seq_len, interaction)
+        else:
+            rec_loss = self.rec_loss(self.forward(item_seq, item_seq_len), interaction)
         zero = rec_loss.new_zeros(())
 
         # Forward diffusion on a few chosen positions, then predict x0 from both-sided context.
@@ -108,7 +94,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         x0 = diffusion.add_context_noise(self.item_embedding(item_seq), real, self.schedule)
         t = self.schedule.sample_timesteps(item_seq.size(0))
         x_t = diffusion.q_sample(x0, t, chosen, self.schedule)
-        x0_pred = self.denoise(x_t, t, real, item_seq_len)[chosen]  # N_chosen x d
+        x0_pred = self.map_length_sorted(self.denoiser, item_seq_len, x_t, t, real)[chosen]  # N_chosen x d
         logits = x0_pred @ self.item_table.T  # N_chosen x n_items
         nll_loss = F.cross_entropy(logits, item_seq[chosen])
         mse_loss = (x0_pred - x0[chosen]).pow(2).sum(-1).mean() if self.mse_weight > 0 else zero
