@@ -36,9 +36,9 @@ from recbole_diffcl.quick_start import load_config  # noqa: E402
 PHASES = [
     ("model", "forward"),
     ("model", "rec_loss"),
+    ("model", "whole_sequence_rec_loss"),
     ("model", "encode_views"),
     ("model", "contrastive_loss"),
-    ("model", "augment"),
     ("denoiser", "forward"),
     ("diffusion", "sample_topk"),
     ("diffusion", "make_views"),
