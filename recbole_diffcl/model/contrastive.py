@@ -194,16 +194,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         longest row: the same outputs (rows never attend to each other), far less padding when a batch
         mixes short and long rows.
         """
-        plan = self.length_sorted_plan(item_seq_len)
-        if plan is None:
-            item_seq = self.trim(item_seq, item_seq_len)
-            return self.gather_indexes(self.encode_positions(item_seq, item_weight), item_seq_len - 1)
-        chunks, widths, restore = plan
-        outputs = [
-            self.gather_indexes(self.encode_positions(item_seq[rows, :width], item_weight), item_seq_len[rows] - 1)
-            for rows, width in zip(chunks, widths)
-        ]
-        return torch.cat(outputs)[restore]
+        return self.gather_indexes(self.encode_all_positions(item_seq, item_seq_len, item_weight), item_seq_len - 1)
 
     def map_length_sorted(self, fn, item_seq_len: torch.Tensor, *row_tensors: torch.Tensor) -> torch.Tensor:
         """``fn(*row_tensors)`` -> B x L x d for a row-independent ``fn``, run in length-sorted sub-batches.
@@ -222,10 +213,13 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
             outputs.append(F.pad(part, (0, 0, 0, full_width - width)))
         return torch.cat(outputs)[restore]
 
-    def encode_all_positions(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+    def encode_all_positions(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, item_weight: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Causal encoder output at every position of the trimmed batch (B x L' x d), length-sorted passes."""
-        item_seq = self.trim(item_seq, item_seq_len)
-        return self.map_length_sorted(self.encode_positions, item_seq_len, item_seq)
+        return self.map_length_sorted(
+            lambda rows: self.encode_positions(rows, item_weight), item_seq_len, self.trim(item_seq, item_seq_len)
+        )
 
     # -- losses -------------------------------------------------------------------------------------
     def rec_loss(self, seq_output: torch.Tensor, interaction) -> torch.Tensor:
