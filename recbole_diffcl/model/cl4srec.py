@@ -76,19 +76,18 @@ class CL4SRec(ContrastiveSequentialRecommender):
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        if self.whole_sequence:  # loss at every position: the original needs a pass of its own
-            rec_loss = self.whole_sequence_rec_loss(item_seq, item_seq_len, interaction)
-            if not self.cl_active():
-                return rec_loss, rec_loss.new_zeros(())
-            views, lengths = self.make_views(item_seq, item_seq_len)
-            z1, z2 = self.forward(torch.cat(views), torch.cat(lengths)).chunk(2)
-            return rec_loss, self.cl_weight * self.contrastive_loss(z1, z2)
         if not self.cl_active():
-            rec_loss = self.rec_loss(self.forward(item_seq, item_seq_len), interaction)
+            rec_loss = self.next_item_loss(item_seq, item_seq_len, interaction)
             return rec_loss, rec_loss.new_zeros(())
 
         views, lengths = self.make_views(item_seq, item_seq_len)
-        # Original and both views in one encoder pass (rows are independent; dropout masks differ per row).
-        seq_output, z1, z2 = self.forward(torch.cat([item_seq, *views]), torch.cat([item_seq_len, *lengths])).chunk(3)
-        rec_loss = self.rec_loss(seq_output, interaction)
+        if self.whole_sequence:  # the loss at every position needs the original's own pass
+            rec_loss = self.whole_sequence_rec_loss(item_seq, item_seq_len, interaction)
+            z1, z2 = self.forward(torch.cat(views), torch.cat(lengths)).chunk(2)
+        else:
+            # Original and both views in one encoder pass (rows are independent; dropout masks differ per row).
+            seq_output, z1, z2 = self.forward(
+                torch.cat([item_seq, *views]), torch.cat([item_seq_len, *lengths])
+            ).chunk(3)
+            rec_loss = self.rec_loss(seq_output, interaction)
         return rec_loss, self.cl_weight * self.contrastive_loss(z1, z2)

@@ -246,6 +246,13 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         outputs = self.encode_all_positions(item_seq, item_seq_len)[real]
         return self.loss_fct(outputs @ self.item_table.T, targets[real])
 
+    def next_item_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
+        """The recommender's loss on the original rows: at the last position, or at every position
+        with ``whole_sequence_training``."""
+        if self.whole_sequence:
+            return self.whole_sequence_rec_loss(item_seq, item_seq_len, interaction)
+        return self.rec_loss(self.forward(item_seq, item_seq_len), interaction)
+
     def cl_active(self) -> bool:
         """Whether the contrastive loss is on in the current epoch (off during ``cl_warmup_epochs``)."""
         return self.cl_weight > 0 and self.current_epoch >= self.cl_warmup_epochs

@@ -80,10 +80,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, ...]:
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         item_seq = self.trim(interaction[self.ITEM_SEQ], item_seq_len)
-        if self.whole_sequence:
-            rec_loss = self.whole_sequence_rec_loss(item_seq, item_seq_len, interaction)
-        else:
-            rec_loss = self.rec_loss(self.forward(item_seq, item_seq_len), interaction)
+        rec_loss = self.next_item_loss(item_seq, item_seq_len, interaction)
         zero = rec_loss.new_zeros(())
 
         # Forward diffusion on a few chosen positions, then predict x0 from both-sided context.
