@@ -85,4 +85,6 @@ def whole_sequence_train_data(config, train_data: TrainDataLoader) -> TrainDataL
     dataset = train_data._dataset
     feat = dataset.inter_feat
     keep = last_row_per_user(feat[config["USER_ID_FIELD"]], feat[config["ITEM_LIST_LENGTH_FIELD"]])
-    return TrainDataLoader(config, dataset.copy(feat[keep]), train_data._sampler, shuffle=True)
+    whole = dataset.copy(feat[keep])
+    whole.prefix_inter_feat = feat  # DuoRec draws its same-target positives from all prefix rows
+    return TrainDataLoader(config, whole, train_data._sampler, shuffle=True)

@@ -27,8 +27,10 @@ import torch
 import torch.nn as nn
 from recbole.model.layers import TransformerEncoder
 
+from recbole_diffcl.layers import DisentangledTransformerEncoder
+
 NOISE_SCHEDULES = ("sqrt", "linear", "cosine")
-POSITION_MODES = ("relative", "absolute", "none")
+POSITION_MODES = ("relative", "disentangled", "absolute", "none")
 
 
 def _betas_for_alpha_bar(steps: int, alpha_bar, max_beta: float = 0.999) -> np.ndarray:
@@ -132,10 +134,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class Denoiser(nn.Module):
     """Bidirectional Transformer f(x_t, t) -> x0 prediction for every position.
 
-    Only padding is masked: each position sees the context on both sides. Position information is
-    ``relative`` (a learned per-head bias on the attention score for each clipped distance, shared by
-    all layers, close to the authors' relative-position attention), ``absolute`` (learned position
-    embeddings added to the input) or ``none``.
+    Only padding is masked: each position sees the context on both sides. Position information
+    (``position``):
+
+    - ``relative``: a learned per-head bias on the attention score for each distance, shared by all
+      layers (our default: a small stand-in for the authors' relative attention);
+    - ``disentangled``: DeBERTa-v1 attention with content-to-position and position-to-content terms,
+      as the authors' denoiser (:mod:`recbole_diffcl.layers`);
+    - ``absolute``: learned position embeddings added to the input; ``none``: no position information.
+
+    The input is x_t plus a timestep embedding, then LayerNorm and dropout (``input_dropout_prob``; the
+    authors reuse SASRec's 0.5). ``output_layer`` adds a Linear after the encoder (the authors have none:
+    the last hidden state is the x0 prediction).
     """
 
     def __init__(
@@ -150,6 +160,8 @@ class Denoiser(nn.Module):
         hidden_act: str = "gelu",
         layer_norm_eps: float = 1e-12,
         position: str = "relative",
+        input_dropout_prob: Optional[float] = None,
+        output_layer: bool = True,
     ):
         super().__init__()
         if position not in POSITION_MODES:
@@ -166,8 +178,8 @@ class Denoiser(nn.Module):
             self.relative_bias = nn.Embedding(2 * max_seq_length - 1, n_heads)
             nn.init.zeros_(self.relative_bias.weight)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout_prob)
-        self.encoder = TransformerEncoder(
+        self.dropout = nn.Dropout(hidden_dropout_prob if input_dropout_prob is None else input_dropout_prob)
+        layer_args = dict(
             n_layers=n_layers,
             n_heads=n_heads,
             hidden_size=hidden_size,
@@ -177,7 +189,11 @@ class Denoiser(nn.Module):
             hidden_act=hidden_act,
             layer_norm_eps=layer_norm_eps,
         )
-        self.output = nn.Linear(hidden_size, hidden_size)
+        if position == "disentangled":
+            self.encoder = DisentangledTransformerEncoder(span=max_seq_length, **layer_args)
+        else:
+            self.encoder = TransformerEncoder(**layer_args)
+        self.output = nn.Linear(hidden_size, hidden_size) if output_layer else nn.Identity()
 
     def attention_mask(self, real: torch.Tensor) -> torch.Tensor:
         """Additive mask: -10000 on padded keys (as RecBole), plus the relative-position bias."""
@@ -196,7 +212,10 @@ class Denoiser(nn.Module):
         if self.position == "absolute":
             h = h + self.position_embedding.weight[: x_t.size(1)][None]
         h = self.dropout(self.LayerNorm(h))
-        h = self.encoder(h, self.attention_mask(real), output_all_encoded_layers=False)[-1]
+        if self.position == "disentangled":
+            h = self.encoder(h, real)
+        else:
+            h = self.encoder(h, self.attention_mask(real), output_all_encoded_layers=False)[-1]
         return self.output(h)
 
 

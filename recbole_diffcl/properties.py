@@ -24,6 +24,13 @@ def positive_int() -> Check:
     return (lambda v: _is_int(v) and v > 0, "a positive integer")
 
 
+def positive_int_or(*words: str) -> Check:
+    return (
+        lambda v: (_is_int(v) and v > 0) or v in words,
+        "a positive integer or " + " or ".join(repr(w) for w in words),
+    )
+
+
 def non_negative_int() -> Check:
     return (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 
@@ -63,6 +70,7 @@ GENERAL_CHECKS: dict[str, Check] = {
     "length_bucketing": boolean(),
     "length_bucket_chunk": positive_int(),
     "exclude_history": boolean(),
+    "max_train_seconds": (lambda v: v is None or (_is_number(v) and v > 0), "a number of seconds > 0, or ~ for none"),
     "user_rankings_file": (lambda v: v is None or isinstance(v, str), "a file path, or ~ for none"),
 }
 

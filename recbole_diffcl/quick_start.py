@@ -93,13 +93,20 @@ def load_config(
     if config["whole_sequence_training"] and not getattr(model_class, "supports_whole_sequence", False):
         raise UserError(
             f"whole_sequence_training=True is not available for {model_class.__name__}: it needs a model that "
-            f"puts the next-item loss at every position (DiffCLRec, CL4SRec). Fix: drop "
+            f"puts the next-item loss at every position (SASRecPlus, DiffCLRec, CL4SRec, DuoRec). Fix: drop "
             f"--whole_sequence_training or set it to False."
         )
-    if config["whole_sequence_training"] and config["loss_type"] != "CE":
+    if config["loss_type"] == "BCE" and not hasattr(model_class, "supports_whole_sequence"):
         raise UserError(
-            "whole_sequence_training=True works with loss_type=CE only (RecBole samples one negative per row, "
-            "not per position). Fix: use --loss_type=CE or set whole_sequence_training to False."
+            f"loss_type=BCE (one sampled negative per position, the DiffCLRec authors' loss) is a loss of the "
+            f"plugin's models (SASRecPlus, DiffCLRec, CL4SRec, DuoRec); RecBole's {model_class.__name__} knows CE "
+            f"and BPR only. Fix: use --loss_type=CE, or --model=SASRecPlus for SASRec with the BCE loss."
+        )
+    if config["whole_sequence_training"] and config["loss_type"] == "BPR":
+        raise UserError(
+            "whole_sequence_training=True works with loss_type CE or BCE, not BPR (RecBole samples one negative "
+            "per row, not per position; BCE samples its own negative at every position). Fix: use "
+            "--loss_type=CE (or BCE, the DiffCLRec authors' loss), or set whole_sequence_training to False."
         )
     return model_class, config
 
@@ -173,7 +180,11 @@ def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[
         "best_valid_result": plain(dict(best_valid_result or {})),
         "test_result": plain(dict(test_result or {})),
         "epochs_run": len(getattr(trainer, "epoch_seconds", [])),
+        "stopped_by": getattr(trainer, "stopped_by", None),
+        "ranking": "history excluded" if config["exclude_history"] else "full (history kept)",
+        "regime": "whole sequence" if config["whole_sequence_training"] else "one row per prefix",
         "seconds_per_epoch": [round(s, 3) for s in getattr(trainer, "epoch_seconds", [])],
+        "valid_curve": getattr(trainer, "valid_curve", []),
         "test_eval_seconds": round(test_eval_seconds, 3),
         "wall_seconds": None,  # filled in by run()
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,

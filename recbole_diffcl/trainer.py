@@ -28,13 +28,40 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+class TrainingBudgetSpent(Exception):
+    """Raised at the start of an epoch once ``max_train_seconds`` of training have passed."""
+
+
 class SafeCheckpointMixin:
-    """Plain-state checkpoints written atomically, safe reloading, and per-epoch training times.
+    """Plain-state checkpoints written atomically, safe reloading, per-epoch training times, and an
+    optional wall-clock budget for training (``max_train_seconds``).
 
     Mixed into any RecBole trainer class (see :func:`get_trainer`).
     """
 
     epoch_seconds: list
+    #: why fit() ended: "early_stopping", "epochs" (the last epoch ran) or "time_budget"
+    stopped_by: str = "epochs"
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """RecBole's fit; with ``max_train_seconds`` it stops before the first epoch that would start after
+        the budget, keeping the best validated checkpoint as early stopping does (so that searches and
+        benchmarks can give every configuration the same wall-clock budget)."""
+        self._fit_start = time()
+        try:
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        except TrainingBudgetSpent:
+            self.stopped_by = "time_budget"
+            if verbose:
+                self.logger.info(
+                    f"max_train_seconds={self.config['max_train_seconds']} reached after {len(self.epoch_seconds)} "
+                    f"epochs: training stopped, the best validated checkpoint is kept"
+                )
+            self._add_hparam_to_tensorboard(self.best_valid_score)
+            return self.best_valid_score, self.best_valid_result
+        ran_all = len(getattr(self, "epoch_seconds", [])) + self.start_epoch >= self.epochs
+        self.stopped_by = "epochs" if ran_all else "early_stopping"
+        return result
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -55,6 +82,13 @@ class SafeCheckpointMixin:
         os.replace(tmp_file, saved_model_file)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        if not hasattr(self, "valid_curve"):
+            self.valid_curve = []
+        self.valid_curve.append(round(float(valid_score), 6))  # the validation metric after each evaluation
+        return valid_score, valid_result
 
     def load_checkpoint(self, checkpoint_file: str) -> dict:
         """Load a checkpoint with ``weights_only=True`` and restore the model's parameters from it."""
@@ -88,6 +122,9 @@ class SafeCheckpointMixin:
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if not hasattr(self, "epoch_seconds"):
             self.epoch_seconds = []
+        budget = self.config["max_train_seconds"]
+        if budget and self.epoch_seconds and time() - getattr(self, "_fit_start", time()) > budget:
+            raise TrainingBudgetSpent()
         start = time()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.epoch_seconds.append(time() - start)

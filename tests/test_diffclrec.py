@@ -85,7 +85,7 @@ def test_inference_is_sasrec_scoring_without_the_denoiser():
 
 def test_bpr_loss_type_uses_negatives():
     torch.manual_seed(0)
-    model = make_model(DiffCLRec, loss_type="BPR", **SMALL)
+    model = make_model(DiffCLRec, loss_type="BPR", whole_sequence_training=False, **SMALL)
     batch = make_batch()
     batch["neg_item_id"] = torch.randint(1, 60, (8,))
     assert torch.isfinite(sum(model.calculate_loss(batch)))

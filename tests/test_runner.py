@@ -79,7 +79,7 @@ def test_property_layering_later_wins(tmp_path):
         (["--noise_schedule=quadratic"], "noise_schedule"),
         (["--config_files=missing.yaml"], "missing.yaml"),
         (["--loss_type=BPR"], "train_neg_sample_args"),
-        (["--model=DuoRec", "--whole_sequence_training=True"], "whole_sequence_training=True is not available"),
+        (["--model=SASRec", "--whole_sequence_training=True"], "whole_sequence_training=True is not available"),
         (["--length_sorted_passes=0"], "length_sorted_passes=0"),
     ],
 )

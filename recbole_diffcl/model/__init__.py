@@ -2,5 +2,6 @@
 from recbole_diffcl.model.cl4srec import CL4SRec
 from recbole_diffcl.model.diffclrec import DiffCLRec
 from recbole_diffcl.model.duorec import DuoRec
+from recbole_diffcl.model.sasrecplus import SASRecPlus
 
-__all__ = ["CL4SRec", "DiffCLRec", "DuoRec"]
+__all__ = ["CL4SRec", "DiffCLRec", "DuoRec", "SASRecPlus"]

@@ -82,7 +82,7 @@ class CL4SRec(ContrastiveSequentialRecommender):
 
         views, lengths = self.make_views(item_seq, item_seq_len)
         if self.whole_sequence:  # the loss at every position needs the original's own pass
-            rec_loss = self.whole_sequence_rec_loss(item_seq, item_seq_len, interaction)
+            rec_loss = self.next_item_loss(item_seq, item_seq_len, interaction)
             z1, z2 = self.forward(torch.cat(views), torch.cat(lengths)).chunk(2)
         else:
             # Original and both views in one encoder pass (rows are independent; dropout masks differ per row).

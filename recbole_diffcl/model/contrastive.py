@@ -19,6 +19,43 @@ from recbole_diffcl.errors import UserError
 from recbole_diffcl import properties as P
 
 SIMILARITIES = ("dot", "cos")
+LOSS_TYPES = ("CE", "BCE", "BPR")
+#: rounds of redrawing a BCE negative that hit an item of its row (fixed: no host sync to check for hits)
+NEGATIVE_REDRAWS = 4
+
+
+def sample_negatives(
+    targets: torch.Tensor,
+    n_items: int,
+    row_items: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """One negative item per target, uniform over the real items 1..n_items-1, never the target itself.
+
+    ``targets``: B x L (or B) item ids; 0 marks padding, whose negatives are never scored. With
+    ``row_items`` (B x M item ids of each row), a negative that is one of its row's items is redrawn
+    (``NEGATIVE_REDRAWS`` rounds), as the authors' sampler avoids the user's own items; the target is
+    excluded exactly by drawing from n_items - 2 ids and skipping over the target.
+    """
+
+    def draw() -> torch.Tensor:
+        high = max(2, n_items - 1)  # ids 1..n_items-2, shifted past the target below
+        neg = torch.randint(1, high, targets.shape, generator=generator, device=targets.device)
+        return neg + (neg >= targets).long() * (n_items > 2)
+
+    negatives = draw()
+    if row_items is not None:
+        shape = (row_items.size(0),) + (1,) * (targets.dim() - 1) + (row_items.size(1),)
+        row_items = row_items.reshape(shape)
+        for _ in range(NEGATIVE_REDRAWS):
+            hit = (negatives.unsqueeze(-1) == row_items).any(-1)
+            negatives = torch.where(hit, draw(), negatives)
+    return negatives
+
+
+def binary_cross_entropy(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
+    """The authors' loss: -log sigmoid(pos) - log(1 - sigmoid(neg)), averaged over the scored positions."""
+    return (F.softplus(-pos_logits) + F.softplus(neg_logits)).mean()
 
 
 def info_nce(
@@ -62,6 +99,14 @@ def trim_to_longest(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch
     return item_seq[:, : max(1, int(item_seq_len.max()))]
 
 
+def resolve_length_sorted_passes(value, device) -> int:
+    """``length_sorted_passes: auto`` -> 1 on a GPU (kernel launches dominate there, so one pass is fastest),
+    8 on a CPU (compute dominates: less padding is less work; measured best in docs/benchmarks.md)."""
+    if value == "auto":
+        return 1 if torch.device(device or "cpu").type == "cuda" else 8
+    return int(value or 1)
+
+
 class ContrastiveSequentialRecommender(SequentialRecommender):
     """SASRec encoder + next-item loss + InfoNCE helpers; subclasses add their views.
 
@@ -82,13 +127,13 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         "inner_size": P.positive_int(),
         "hidden_dropout_prob": P.probability(upper_open=True),
         "attn_dropout_prob": P.probability(upper_open=True),
-        "loss_type": P.one_of("CE", "BPR"),
+        "loss_type": P.one_of(*LOSS_TYPES),
         "cl_weight": P.non_negative(),
         "cl_temperature": P.positive(),
         "cl_similarity": P.one_of(*SIMILARITIES),
         "cl_warmup_epochs": P.non_negative_int(),
         "trim_batches": P.boolean(),
-        "length_sorted_passes": P.positive_int(),
+        "length_sorted_passes": P.positive_int_or("auto"),
     }
 
     def __init__(self, config, dataset):
@@ -103,12 +148,14 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         self.layer_norm_eps = config["layer_norm_eps"]
         self.initializer_range = config["initializer_range"]
         self.loss_type = config["loss_type"]
-        self.cl_weight = config["cl_weight"]
-        self.cl_temperature = config["cl_temperature"]
-        self.cl_similarity = config["cl_similarity"]
-        self.cl_warmup_epochs = config["cl_warmup_epochs"] or 0
+        # Contrastive properties (absent for SASRecPlus, which has no contrastive term).
+        optional = lambda key, default: config[key] if key in config and config[key] is not None else default  # noqa: E731
+        self.cl_weight = optional("cl_weight", 0.0)
+        self.cl_temperature = optional("cl_temperature", 1.0)
+        self.cl_similarity = optional("cl_similarity", "dot")
+        self.cl_warmup_epochs = optional("cl_warmup_epochs", 0)
         self.trim_batches = config["trim_batches"] if config["trim_batches"] is not None else True
-        self.length_sorted_passes = config["length_sorted_passes"] or 1
+        self.length_sorted_passes = resolve_length_sorted_passes(config["length_sorted_passes"], config["device"])
         self.whole_sequence = bool(config["whole_sequence_training"])
         self.current_epoch = 0  # set by the trainer at the start of every epoch
 
@@ -130,8 +177,12 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
             self.loss_fct = BPRLoss()
         elif self.loss_type == "CE":
             self.loss_fct = nn.CrossEntropyLoss()
+        elif self.loss_type == "BCE":
+            self.loss_fct = binary_cross_entropy
         else:
-            raise UserError(f"loss_type must be 'CE' or 'BPR', got {self.loss_type!r}. Fix: set --loss_type=CE.")
+            raise UserError(
+                f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}. Fix: set --loss_type=CE."
+            )
 
     # -- initialisation (as RecBole's SASRec) ---------------------------------------------------------
     def _init_weights(self, module: nn.Module) -> None:
@@ -222,9 +273,21 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         )
 
     # -- losses -------------------------------------------------------------------------------------
+    def score_pairs(self, outputs: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits of ``items`` (any shape) for the encoder ``outputs`` (same shape + d)."""
+        return (outputs * self.item_embedding(items)).sum(-1)
+
+    def bce_loss(self, outputs: torch.Tensor, targets: torch.Tensor, row_items: torch.Tensor) -> torch.Tensor:
+        """The authors' loss: BCE of the target against one uniformly drawn negative per scored output."""
+        negatives = sample_negatives(targets, self.n_items, row_items)
+        return self.loss_fct(self.score_pairs(outputs, targets), self.score_pairs(outputs, negatives))
+
     def rec_loss(self, seq_output: torch.Tensor, interaction) -> torch.Tensor:
-        """Next-item loss exactly as RecBole's SASRec (CE over all items, or BPR with one negative)."""
+        """Next-item loss at the last position: CE over all items (as RecBole's SASRec), BCE against one
+        sampled negative (the DiffCLRec authors'), or BPR with RecBole's sampled negative."""
         pos_items = interaction[self.POS_ITEM_ID]
+        if self.loss_type == "BCE":
+            return self.bce_loss(seq_output, pos_items, interaction[self.ITEM_SEQ])
         if self.loss_type == "BPR":
             neg_items = interaction[self.NEG_ITEM_ID]
             pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)
@@ -233,25 +296,52 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         return self.loss_fct(seq_output @ self.item_table.T, pos_items)
 
     def whole_sequence_rec_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
-        """CE next-item loss at every real position of each row (``whole_sequence_training``).
+        """Next-item loss at every real position of each row (``whole_sequence_training``).
 
         Position i predicts item i+1, the last real position predicts the row's target, so the row's loss
         terms are exactly those of all its prefix rows in RecBole's one-row-per-prefix data (mean over them).
         """
+        return self.every_position_loss(self.encode_all_positions(item_seq, item_seq_len), item_seq, item_seq_len, interaction)
+
+    def every_position_targets(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
+        """B x L' next-item targets of the trimmed rows: item i+1 at position i, the row's target at its
+        last real position, 0 at padding."""
         item_seq = self.trim(item_seq, item_seq_len)
         targets = torch.cat([item_seq[:, 1:], item_seq.new_zeros(item_seq.size(0), 1)], dim=1)
         rows = torch.arange(item_seq.size(0), device=item_seq.device)
         targets[rows, item_seq_len - 1] = interaction[self.POS_ITEM_ID]
-        real = item_seq != 0
-        outputs = self.encode_all_positions(item_seq, item_seq_len)[real]
-        return self.loss_fct(outputs @ self.item_table.T, targets[real])
+        return targets
+
+    def every_position_loss(
+        self, outputs: torch.Tensor, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction
+    ) -> torch.Tensor:
+        """The next-item loss of encoder ``outputs`` (B x L' x d, trimmed rows) at every real position."""
+        targets = self.every_position_targets(item_seq, item_seq_len, interaction)
+        real = targets != 0
+        if self.loss_type == "BCE":
+            # the row's items: its input sequence plus its target (the authors' negatives avoid them)
+            row_items = torch.cat([self.trim(item_seq, item_seq_len)[:, :1], targets], dim=1)
+            outputs_real, targets_real = outputs[real], targets[real]
+            row_of = real.nonzero(as_tuple=True)[0]
+            negatives = sample_negatives(targets_real, self.n_items, row_items[row_of])
+            return self.loss_fct(self.score_pairs(outputs_real, targets_real), self.score_pairs(outputs_real, negatives))
+        return self.loss_fct(outputs[real] @ self.item_table.T, targets[real])
 
     def next_item_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
         """The recommender's loss on the original rows: at the last position, or at every position
         with ``whole_sequence_training``."""
+        return self.encode_with_next_item_loss(item_seq, item_seq_len, interaction)[1]
+
+    def encode_with_next_item_loss(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sequence representation at the last position, next-item loss) from one encoder pass."""
         if self.whole_sequence:
-            return self.whole_sequence_rec_loss(item_seq, item_seq_len, interaction)
-        return self.rec_loss(self.forward(item_seq, item_seq_len), interaction)
+            outputs = self.encode_all_positions(item_seq, item_seq_len)
+            loss = self.every_position_loss(outputs, item_seq, item_seq_len, interaction)
+            return self.gather_indexes(outputs, item_seq_len - 1), loss
+        seq_output = self.forward(item_seq, item_seq_len)
+        return seq_output, self.rec_loss(seq_output, interaction)
 
     def cl_active(self) -> bool:
         """Whether the contrastive loss is on in the current epoch (off during ``cl_warmup_epochs``)."""

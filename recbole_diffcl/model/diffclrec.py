@@ -28,6 +28,17 @@ from recbole_diffcl import properties as P
 from recbole_diffcl.model.contrastive import ContrastiveSequentialRecommender
 
 
+NLL_REDUCTIONS = ("token", "sequence")
+
+
+def per_sequence_mean(values: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """The authors' reduction: mean of ``values`` (one per chosen position, row-major) within each
+    sequence, then the mean over all B sequences (a sequence with nothing chosen counts as 0)."""
+    rows = chosen.nonzero(as_tuple=True)[0]
+    per_row = values.new_zeros(chosen.size(0)).index_add_(0, rows, values)
+    return (per_row / chosen.sum(1).clamp(min=1)).mean()
+
+
 class DiffCLRec(ContrastiveSequentialRecommender):
     r"""DiffCLRec (Cui et al., CIKM 2024 / arXiv 2405.09369) on RecBole's sequential data."""
 
@@ -43,6 +54,9 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         "denoiser_hidden_dropout_prob": P.probability(upper_open=True),
         "denoiser_attn_dropout_prob": P.probability(upper_open=True),
         "denoiser_position": P.one_of(*diffusion.POSITION_MODES),
+        "denoiser_input_dropout_prob": P.probability(upper_open=True),
+        "denoiser_output_layer": P.boolean(),
+        "nll_reduction": P.one_of(*NLL_REDUCTIONS),
         "nll_weight": P.non_negative(),
         "mse_weight": P.non_negative(),
         "aug_topk": P.positive_int(),
@@ -59,6 +73,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         self.aug_reverse_steps = config["aug_reverse_steps"]
         self.nll_weight = config["nll_weight"]
         self.mse_weight = config["mse_weight"]
+        self.nll_reduction = config["nll_reduction"] or "token"
         self.cl_detach_view_embeddings = config["cl_detach_view_embeddings"]
         self.schedule = diffusion.NoiseSchedule(config["noise_schedule"], config["diffusion_steps"])
         self.denoiser = diffusion.Denoiser(
@@ -72,6 +87,8 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             hidden_act=self.hidden_act,
             layer_norm_eps=self.layer_norm_eps,
             position=config["denoiser_position"],
+            input_dropout_prob=config["denoiser_input_dropout_prob"],
+            output_layer=config["denoiser_output_layer"] is not False,
         )
         self.apply(self._init_weights)
         if self.denoiser.position == "relative":
@@ -93,8 +110,14 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         x_t = diffusion.q_sample(x0, t, chosen, self.schedule)
         x0_pred = self.map_length_sorted(self.denoiser, item_seq_len, x_t, t, real)[chosen]  # N_chosen x d
         logits = x0_pred @ self.item_table.T  # N_chosen x n_items
-        nll_loss = F.cross_entropy(logits, item_seq[chosen])
-        mse_loss = (x0_pred - x0[chosen]).pow(2).sum(-1).mean() if self.mse_weight > 0 else zero
+        nll = F.cross_entropy(logits, item_seq[chosen], reduction="none")
+        mse = (x0_pred - x0[chosen]).pow(2).mean(-1) if self.mse_weight > 0 else None  # mean over dims (authors)
+        if self.nll_reduction == "sequence":
+            nll_loss = per_sequence_mean(nll, chosen)
+            mse_loss = per_sequence_mean(mse, chosen) if mse is not None else zero
+        else:
+            nll_loss = nll.mean()
+            mse_loss = mse.mean() if mse is not None else zero
 
         cl_loss = zero
         if self.cl_active():

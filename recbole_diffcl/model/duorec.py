@@ -24,6 +24,11 @@ unchanged in RecBole's FEARec, which derives from it); NCE is InfoNCE over the 2
 its negatives (``info_nce(..., targets=...)``; on by default, as the project's design asks). The released
 loss code (carried over unchanged into RecBole's FEARec) keeps them: ``False`` reproduces it.
 
+With ``whole_sequence_training`` (one row per user, the next-item loss at every position) the anchor is
+the user's whole training row, represented at its last position as in RecBole's prefix regime, and its
+supervised positive is still drawn from all training *prefix* rows with the same next item (the index
+and the prefix sequences are kept by the dataset as ``prefix_inter_feat``).
+
 The same-target index is built once per dataset build by :class:`recbole_diffcl.data.DuoRecDataset`,
 which also gives each training row its row id; the model keeps the index and the training sequences as
 (non-saved) buffers so that sampling is a handful of tensor ops on the model's device.
@@ -46,6 +51,7 @@ class DuoRec(ContrastiveSequentialRecommender):
     r"""DuoRec (Qiu et al., WSDM 2022) on RecBole's sequential data, with a SASRec encoder."""
 
     loss_names = ("rec", "cl_un", "cl_su")
+    supports_whole_sequence = True
     property_checks = {
         "contrast": P.one_of(*CONTRAST_MODES),
         "lmd": P.non_negative(),
@@ -73,8 +79,11 @@ class DuoRec(ContrastiveSequentialRecommender):
         # Buffers follow .to(device) but are not saved: they are data, rebuilt with the dataset.
         for name, tensor in index.tensors().items():
             self.register_buffer(f"same_target_{name}", tensor, persistent=False)
-        self.register_buffer("train_item_seq", dataset.inter_feat[self.ITEM_SEQ], persistent=False)
-        self.register_buffer("train_item_seq_len", dataset.inter_feat[self.ITEM_SEQ_LEN], persistent=False)
+        # Supervised positives come from all prefix rows, also when training on one whole row per user.
+        prefix_rows = getattr(dataset, "prefix_inter_feat", None)
+        prefix_rows = dataset.inter_feat if prefix_rows is None else prefix_rows
+        self.register_buffer("train_item_seq", prefix_rows[self.ITEM_SEQ], persistent=False)
+        self.register_buffer("train_item_seq_len", prefix_rows[self.ITEM_SEQ_LEN], persistent=False)
         self.apply(self._init_weights)
 
     def sample_same_target(
@@ -95,25 +104,29 @@ class DuoRec(ContrastiveSequentialRecommender):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         if not self.cl_active():
-            rec_loss = self.rec_loss(self.forward(item_seq, item_seq_len), interaction)
+            rec_loss = self.next_item_loss(item_seq, item_seq_len, interaction)
             zero = rec_loss.new_zeros(())
             return rec_loss, zero, zero
 
         need_un_view = self.contrast in ("un", "us", "us_x")
         need_su_view = self.contrast in ("su", "us", "us_x")
         h_un = h_sem = None
-        if need_un_view:
+        if self.whole_sequence:  # the loss at every position needs the anchor's own pass
+            h, rec_loss = self.encode_with_next_item_loss(item_seq, item_seq_len, interaction)
+            if need_un_view:
+                h_un = self.forward(item_seq, item_seq_len)
+        elif need_un_view:
             # The anchor twice in one batched pass: rows are independent, dropout masks differ per row.
             h, h_un = self.encode_views([item_seq, item_seq], item_seq_len)
+            rec_loss = self.rec_loss(h, interaction)
         else:
-            h = self.forward(item_seq, item_seq_len)
+            h, rec_loss = self.encode_with_next_item_loss(item_seq, item_seq_len, interaction)
         if need_su_view:
             # A pass of its own: same-target rows have any length, and sharing the anchors' pass would widen
             # it to the longest of them (with length bucketing the anchors' batch is short).
             sem_seq, sem_len = self.sample_same_target(interaction[self.ROW_ID])
             h_sem = self.forward(sem_seq, sem_len)
 
-        rec_loss = self.rec_loss(h, interaction)
         targets = interaction[self.POS_ITEM_ID] if self.remove_false_negatives else None
         zero = rec_loss.new_zeros(())
         un_loss, su_loss = zero, zero

@@ -1,0 +1,106 @@
+"""DeBERTa-v1 disentangled attention: the relative-position Transformer of DiffCLRec's denoiser.
+
+The DiffCLRec authors build their denoiser from HuggingFace's ``DebertaEncoder`` (He et al., "DeBERTa:
+Decoding-enhanced BERT with Disentangled Attention", ICLR 2021) with ``relative_attention=True``,
+``pos_att_type=[p2c, c2p]``, ``position_biased_input=False`` and ``max_relative_positions=-1`` (so the
+span k is the maximum sequence length). This module is that encoder, written on plain torch so that the
+plugin needs no ``transformers``; ``tests/test_layers.py`` checks it against ``transformers`` when that
+package is installed.
+
+Per layer, with one table R of 2k relative-position embeddings shared by all layers (dropout applied),
+and delta(i, j) = clamp(i - j + k, 0, 2k - 1), the score of query i on key j is
+
+    [ q_i . k_j  +  q_i . Kr[delta(i, j)]  (c2p)  +  k_j . Qr[delta(i, j)]  (p2c) ] / sqrt(3 d_head)
+
+with Kr = pos_proj(R) (no bias) and Qr = pos_q_proj(R). (The DeBERTa paper writes the p2c index as
+delta(j, i); the released code, which the authors ran, gathers it so that it equals delta(i, j).)
+Padding is masked as keys and as queries (a padded query attends to nothing and yields zeros before the
+output projection), as DeBERTa's ``XSoftmax``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from recbole.model.layers import FeedForward
+
+
+def relative_index(length: int, span: int, device=None) -> torch.Tensor:
+    """L x L indices delta(i, j) = clamp(i - j + span, 0, 2 span - 1) into the relative-position table."""
+    pos = torch.arange(length, device=device)
+    return (pos[:, None] - pos[None, :] + span).clamp(0, 2 * span - 1)
+
+
+class DisentangledSelfAttention(nn.Module):
+    """DeBERTa-v1 self-attention (content-to-content, content-to-position, position-to-content) + output."""
+
+    def __init__(self, hidden_size: int, n_heads: int, hidden_dropout_prob: float, attn_dropout_prob: float,
+                 layer_norm_eps: float):
+        super().__init__()
+        if hidden_size % n_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of the number of heads {n_heads}")
+        self.n_heads, self.head_size = n_heads, hidden_size // n_heads
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size, bias=False)  # DeBERTa's in_proj has no key bias
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.pos_proj = nn.Linear(hidden_size, hidden_size, bias=False)  # keys of relative positions (c2p)
+        self.pos_q_proj = nn.Linear(hidden_size, hidden_size)  # queries of relative positions (p2c)
+        self.attn_dropout = nn.Dropout(attn_dropout_prob)
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.out_dropout = nn.Dropout(hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """... x d -> ... heads x positions x d_head (for B x L x d: B x H x L x d_head)."""
+        x = x.view(*x.shape[:-1], self.n_heads, self.head_size)
+        return x.transpose(-3, -2)
+
+    def forward(self, h: torch.Tensor, pair_mask: torch.Tensor, rel: torch.Tensor, delta: torch.Tensor):
+        """h: B x L x d; pair_mask: B x 1 x L x L bool (query and key both real); rel: 2k x d (after
+        dropout); delta: L x L relative indices."""
+        scale = math.sqrt(self.head_size * 3)
+        q = self.heads(self.query(h)) / scale  # B x H x L x dh
+        k = self.heads(self.key(h))
+        v = self.heads(self.value(h))
+        pos_k = self.heads(self.pos_proj(rel))  # H x 2k x dh
+        pos_q = self.heads(self.pos_q_proj(rel)) / scale
+        expand = lambda index: index.expand(q.size(0), self.n_heads, -1, -1)  # noqa: E731
+        c2p = torch.gather(q @ pos_k.transpose(-1, -2), -1, expand(delta))  # [b, h, i, j] = q_i . Kr[delta(i, j)]
+        # rows of k @ pos_q^T are keys: gathering at delta^T[j, i] = delta(i, j), then transposing, gives
+        # [b, h, i, j] = k_j . Qr[delta(i, j)], as DeBERTa's code does
+        p2c = torch.gather(k @ pos_q.transpose(-1, -2), -1, expand(delta.T)).transpose(-1, -2)
+        scores = q @ k.transpose(-1, -2) + c2p + p2c
+        scores = scores.masked_fill(~pair_mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1).masked_fill(~pair_mask, 0.0)
+        context = (self.attn_dropout(probs) @ v).transpose(1, 2).reshape(h.shape)
+        return self.LayerNorm(self.out_dropout(self.dense(context)) + h)
+
+
+class DisentangledTransformerEncoder(nn.Module):
+    """A stack of DeBERTa-v1 layers (disentangled attention + feed-forward, post-LayerNorm) sharing one
+    table of 2 ``span`` relative-position embeddings."""
+
+    def __init__(self, n_layers: int, n_heads: int, hidden_size: int, inner_size: int, span: int,
+                 hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float):
+        super().__init__()
+        self.span = span
+        self.rel_embeddings = nn.Embedding(2 * span, hidden_size)
+        self.rel_dropout = nn.Dropout(hidden_dropout_prob)
+        self.attention = nn.ModuleList(
+            DisentangledSelfAttention(hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps)
+            for _ in range(n_layers)
+        )
+        self.feed_forward = nn.ModuleList(
+            FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
+            for _ in range(n_layers)
+        )
+
+    def forward(self, h: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """h: B x L x d input, real: B x L bool (non-padding). Returns the last layer's output."""
+        pair_mask = (real[:, None, :, None] & real[:, None, None, :])  # B x 1 x L x L
+        delta = relative_index(h.size(1), self.span, h.device)
+        rel = self.rel_dropout(self.rel_embeddings.weight)
+        for attention, feed_forward in zip(self.attention, self.feed_forward):
+            h = feed_forward(attention(h, pair_mask, rel, delta))
+        return h
