@@ -147,9 +147,9 @@ class ContrastiveTrainer(SafeCheckpointMixin, Trainer):
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def _loss_parts(self, losses) -> dict:
-        if not isinstance(losses, tuple):
-            return {"loss": losses}
         names = getattr(self.model, "loss_names", ())
+        if not isinstance(losses, tuple):
+            return {names[0] if len(names) == 1 else "loss": losses}  # SASRecPlus: its one part, "rec"
         if len(names) != len(losses):
             names = [f"loss{i + 1}" for i in range(len(losses))]
         return dict(zip(names, losses))
