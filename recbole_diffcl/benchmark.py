@@ -4,6 +4,11 @@
         --seeds=2020,2021,2022 [--config_files="a.yaml b.yaml"] [--length_groups=short=-5,mid=6-8,long=9-] \
         [--key=value ...] --out=DIR
 
+``--models`` entries are model names or labelled configurations ``LABEL=MODEL[:a.yaml+b.yaml]``, e.g.
+``--models=SASRecPlus,DiffCLRec,DiffCLRec-paper=DiffCLRec:props/model/DiffCLRec-paper.yaml``: the label
+names the rows of every table and the paired tests; the files are layered after ``--config_files`` for
+that configuration only.
+
 Each run is one process of the plugin's runner (``python -m recbole_diffcl``, the same code path as
 ``run_recbole_diffcl.py``) with ``--seed``, ``--result_file=DIR/runs/<model>-<seed>.json`` and
 ``--user_rankings_file=DIR/runs/<model>-<seed>.users.csv``; its output goes to
@@ -58,7 +63,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
         "Extra --key=value pairs are properties passed to every run.",
     )
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
-    parser.add_argument("--models", default="SASRec,CL4SRec,DuoRec,DiffCLRec", help="comma-separated model names")
+    parser.add_argument(
+        "--models",
+        default="SASRec,CL4SRec,DuoRec,DiffCLRec",
+        help="comma-separated model names or labelled configurations LABEL=MODEL[:a.yaml+b.yaml] "
+        "(e.g. DiffCLRec-paper=DiffCLRec:props/model/DiffCLRec-paper.yaml)",
+    )
     parser.add_argument("--seeds", default="2020,2021,2022", help="comma-separated integer seeds")
     parser.add_argument("--config_files", default=None, help="space-separated YAML property files for every run")
     parser.add_argument("--out", required=True, help="output folder (runs/, results.csv, summary.md, summary.png)")
@@ -85,6 +95,41 @@ def _split_list(text: str, what: str) -> list[str]:
     return items
 
 
+@dataclass(frozen=True)
+class ModelEntry:
+    """One configuration of the benchmark: a label (the row name), a model class name, its own YAML files."""
+
+    label: str
+    model: str
+    config_files: tuple[str, ...] = ()
+
+
+def parse_model_entries(text: str) -> list[ModelEntry]:
+    """``--models``: ``Model`` or ``Label=Model[:a.yaml+b.yaml]`` entries, comma separated."""
+    entries = []
+    for item in _split_list(text, "models"):
+        label, _, spec = item.partition("=")
+        if not spec:
+            label, spec = item, item
+        model, _, files = spec.partition(":")
+        paths = tuple(os.path.abspath(f) for f in files.split("+") if f) if files else ()
+        if not label.strip() or not model.strip() or (files and not paths):
+            raise UserError(
+                f"--models entry '{item}' is malformed. Fix: write a model name (DiffCLRec) or a labelled "
+                f"configuration LABEL=MODEL[:a.yaml+b.yaml], e.g. DiffCLRec-paper=DiffCLRec:props/model/DiffCLRec-paper.yaml."
+            )
+        for path in paths:
+            if not os.path.isfile(path):
+                raise UserError(
+                    f"Config file '{path}' of --models entry '{label}' does not exist. Fix: check the path after "
+                    f"'{model}:' (several files are joined with '+')."
+                )
+        entries.append(ModelEntry(label.strip(), model.strip(), paths))
+    if len({e.label for e in entries}) != len(entries):
+        raise UserError(f"--models={text} uses a label twice. Fix: give each configuration its own label.")
+    return entries
+
+
 def _parse_seeds(text: str) -> list[int]:
     seeds = _split_list(text, "seeds")
     try:
@@ -98,9 +143,14 @@ def _parse_seeds(text: str) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class RunSpec:
-    model: str
+    model: str  # the configuration's label (the model name unless labelled)
     seed: int
     runs_dir: Path
+    model_class: str = ""  # the model the runner trains (default: ``model``)
+    config_files: tuple[str, ...] = ()  # the configuration's own property files
+
+    def __post_init__(self):
+        self.model_class = self.model_class or self.model
 
     @property
     def name(self) -> str:
@@ -127,7 +177,7 @@ def load_finished(spec: RunSpec, dataset: str) -> Optional[dict[str, Any]]:
         return None
     complete = (
         isinstance(result, dict)
-        and result.get("model") == spec.model
+        and result.get("model") == spec.model_class
         and result.get("seed") == spec.seed
         and result.get("dataset") == dataset
         and bool(result.get("test_result"))
@@ -138,9 +188,10 @@ def load_finished(spec: RunSpec, dataset: str) -> Optional[dict[str, Any]]:
 
 def run_command(spec: RunSpec, dataset: str, config_files: list[str], overrides: dict[str, str]) -> list[str]:
     """The runner's command line for one run (the same code path as run_recbole_diffcl.py)."""
-    cmd = [sys.executable, "-m", "recbole_diffcl", f"--model={spec.model}", f"--dataset={dataset}"]
-    if config_files:
-        cmd.append("--config_files=" + " ".join(config_files))
+    cmd = [sys.executable, "-m", "recbole_diffcl", f"--model={spec.model_class}", f"--dataset={dataset}"]
+    files = [*config_files, *spec.config_files]
+    if files:
+        cmd.append("--config_files=" + " ".join(files))
     cmd += [f"--{k}={v}" for k, v in overrides.items()]
     cmd += [f"--seed={spec.seed}", f"--result_file={spec.result_file}", f"--user_rankings_file={spec.rankings_file}"]
     return cmd
@@ -202,12 +253,19 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def check_settings(out: Path, dataset: str, config_files: list[str], overrides: dict[str, str]) -> None:
-    """Refuse to mix runs made with other settings into one folder (models and seeds may change)."""
+def check_settings(
+    out: Path, dataset: str, config_files: list[str], overrides: dict[str, str], entries: Sequence[ModelEntry] = ()
+) -> None:
+    """Refuse to mix runs made with other settings into one folder (models and seeds may change, but a
+    label keeps its model and files)."""
     settings = {
         "dataset": dataset,
         "config_files": [{"path": f, "sha256": _file_digest(f)} for f in config_files],
         "overrides": overrides,
+    }
+    configurations = {
+        e.label: {"model": e.model, "config_files": [{"path": f, "sha256": _file_digest(f)} for f in e.config_files]}
+        for e in entries
     }
     path = out / "benchmark.json"
     if path.is_file():
@@ -215,6 +273,15 @@ def check_settings(out: Path, dataset: str, config_files: list[str], overrides: 
             before = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             before = None
+        earlier = (before or {}).pop("configurations", {}) if isinstance(before, dict) else {}
+        changed = [label for label in configurations if label in earlier and earlier[label] != configurations[label]]
+        if changed:
+            raise UserError(
+                f"{out} holds runs of {', '.join(changed)} made with another model or other property files "
+                f"(before: {json.dumps({k: earlier[k] for k in changed})}). Fix: use another --out, or a new label "
+                f"for the changed configuration."
+            )
+        configurations = {**earlier, **configurations}
         if before is not None and before != settings:
             raise UserError(
                 f"{out} holds runs made with other settings (before: {json.dumps(before)}; now: "
@@ -222,7 +289,7 @@ def check_settings(out: Path, dataset: str, config_files: list[str], overrides: 
                 f"dataset, --config_files (unchanged) and --key=value properties to continue that benchmark."
             )
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    path.write_text(json.dumps({**settings, "configurations": configurations}, indent=2), encoding="utf-8")
 
 
 def run_all(
@@ -308,7 +375,7 @@ def build_rows(specs: list[RunSpec], results: dict[str, dict], groups: list[Leng
         per_group = group_metrics(read_rankings(str(spec.rankings_file)), groups, names, topk)
         group_names += [g for g in per_group if g not in group_names]
         epoch_seconds = result.get("seconds_per_epoch") or []
-        row: dict[str, Any] = {"model": spec.model, "seed": spec.seed, **test}
+        row: dict[str, Any] = {"model": spec.model, "model_class": spec.model_class, "seed": spec.seed, **test}
         for g, values in per_group.items():
             row[f"{g}_users"] = values["users"]
             row.update({f"{g}_{k}": v for k, v in values.items() if k != "users"})
@@ -464,6 +531,7 @@ def write_summary(
     failed: list[RunSpec],
     command: str,
     png_name: Optional[str],
+    configurations: Optional[dict[str, tuple[str, tuple[str, ...]]]] = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Write summary.md; return the paired tests (also in the file)."""
     flags = {r["exclude_history"] for r in table.rows}
@@ -482,6 +550,8 @@ def write_summary(
         f"- Date: {datetime.now().strftime('%Y-%m-%d %H:%M')}; command: `{command}`",
         f"- Models: {', '.join(models)}; seeds: {', '.join(map(str, seeds))}; finished runs: {len(table.rows)} of "
         f"{len(models) * len(seeds)}" + (f"; **failed**: {', '.join(s.name for s in failed)}" if failed else ""),
+        *[f"- `{label_}` = {model} with {', '.join(f'`{os.path.relpath(f)}`' for f in files)}"
+          for label_, (model, files) in (configurations or {}).items() if files or label_ != model],
         "- Protocol: leave-one-out by time, full ranking over all items, model selection on validation "
         f"{table.valid_metric}, test at the selected epoch (each run's properties: `runs/<model>-<seed>.json`).",
         f"- History items in the ranking: {protocol}.",
@@ -587,7 +657,8 @@ def write_plot(table: Table, models: list[str], path: Path, title: str) -> bool:
 def benchmark(argv: Sequence[str]) -> int:
     """Run the benchmark described by the command line ``argv``; return the exit code (0, or 1 if runs failed)."""
     args, overrides = parse_args(argv)
-    models = _split_list(args.models, "models")
+    entries = parse_model_entries(args.models)
+    models = [e.label for e in entries]
     seeds = _parse_seeds(args.seeds)
     groups = parse_length_groups(args.length_groups)
     config_files = [os.path.abspath(f) for f in (args.config_files.split() if args.config_files else [])]
@@ -595,14 +666,14 @@ def benchmark(argv: Sequence[str]) -> int:
     # Check every model's properties here, before hours of runs, with the runner's own checks.
     from recbole_diffcl.quick_start import load_config
 
-    for model in models:
-        load_config(model, args.dataset, config_files, dict(overrides))
+    for entry in entries:
+        load_config(entry.model, args.dataset, [*config_files, *entry.config_files], dict(overrides))
 
     out = Path(args.out).resolve()
-    check_settings(out, args.dataset, config_files, overrides)
+    check_settings(out, args.dataset, config_files, overrides, entries)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    specs = [RunSpec(model, seed, runs_dir) for seed in seeds for model in models]
+    specs = [RunSpec(e.label, seed, runs_dir, e.model, e.config_files) for seed in seeds for e in entries]
     try:
         results, failed = run_all(specs, args.dataset, config_files, overrides, args.verbose)
     except KeyboardInterrupt:
@@ -617,6 +688,7 @@ def benchmark(argv: Sequence[str]) -> int:
         write_summary(
             table, out / "summary.md", dataset=args.dataset, models=models, seeds=seeds, reference=args.reference,
             failed=failed, command=command, png_name="summary.png",
+            configurations={e.label: (e.model, e.config_files) for e in entries},
         )
         print(f"results: {out / 'results.csv'}\nsummary: {out / 'summary.md'}\nplot:    {out / 'summary.png'}")
     if failed:

@@ -221,3 +221,40 @@ def test_exclude_history_masks_the_whole_history_but_not_the_target():
             assert len(masked) == len(items_of[u]) - 1 - later
             assert target not in masked and masked < items_of[u]
     assert masker._seq_len[test._dataset.inter_feat["user_id"].numpy()].min() >= 20
+
+
+def test_labelled_configurations_sit_side_by_side(tmp_path, monkeypatch, capsys):
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("cl_weight: 0.1\n")
+    seen = []
+    fake = _fake_execute(fail=set())
+
+    def recording(cmd, log_file, verbose, cwd=None):
+        seen.append(cmd)
+        return fake(cmd, log_file, verbose, cwd)
+
+    monkeypatch.setattr(benchmark, "execute", recording)
+    out = tmp_path / "bench"
+    args = [f"--models=DiffCLRec,DiffCLRec-paper=DiffCLRec:{paper}", "--seeds=1,2", f"--out={out}"]
+    assert benchmark.main(args) == 0
+    frame = pd.read_csv(out / "results.csv")
+    assert sorted(set(frame["model"])) == ["DiffCLRec", "DiffCLRec-paper"] and set(frame["model_class"]) == {"DiffCLRec"}
+    with_file = [c for c in seen if any(a.startswith("--config_files=") and str(paper) in a for a in c)]
+    assert len(with_file) == 2 and all("--model=DiffCLRec" in c for c in seen)  # only the labelled runs read it
+    assert sorted(p.name for p in (out / "runs").glob("*.json")) == [
+        "DiffCLRec-1.json", "DiffCLRec-2.json", "DiffCLRec-paper-1.json", "DiffCLRec-paper-2.json"]
+    summary = (out / "summary.md").read_text()
+    assert "`DiffCLRec-paper` = DiffCLRec with" in summary and "paper.yaml" in summary
+    assert re.search(r"DiffCLRec-paper.*\|", summary.split("Paired")[-1]), "the paired tests compare the labels"
+    capsys.readouterr()
+
+    # the same label with other files in the same folder would mix two experiments: refused
+    other = tmp_path / "other.yaml"
+    other.write_text("cl_weight: 0.2\n")
+    assert benchmark.main([f"--models=DiffCLRec-paper=DiffCLRec:{other}", "--seeds=1", f"--out={out}"]) == 2
+    assert "DiffCLRec-paper" in capsys.readouterr().err
+    # a new label may join the folder
+    assert benchmark.main([f"--models=DiffCLRec-other=DiffCLRec:{other}", "--seeds=1", f"--out={out}"]) == 0
+    for bad in ["--models=X=", f"--models=A=DiffCLRec:{tmp_path / 'missing.yaml'}", "--models=A=SASRec,A=DiffCLRec"]:
+        assert benchmark.main([bad, "--seeds=1", f"--out={tmp_path / 'bad'}"]) == 2
+    assert not (tmp_path / "bad").exists()
