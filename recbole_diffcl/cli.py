@@ -16,6 +16,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML property files")
     parser.add_argument("--result_file", default=None, help="write the run's summary to this JSON file")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print RecBole's full configuration, the dataset and the model (always in the log)")
     args, rest = parser.parse_known_args(argv)
     return args, parse_property_overrides(parser, rest)
 
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             config_file_list=args.config_files.split() if args.config_files else None,
             config_dict=overrides,
             result_file=args.result_file,
+            verbose=args.verbose,
         )
         return 0
 
