@@ -56,6 +56,26 @@ class PluginConfig(Config):
     def _load_cmd_line(self):
         return {}
 
+    def _init_device(self):
+        """RecBole's device set-up, plus multi-process training on CPUs (gloo): RecBole's own path needs
+        one CUDA device per process (nccl)."""
+        import torch
+
+        d = self.final_config_dict
+        if "local_rank" not in d or (torch.cuda.is_available() and str(d["gpu_id"]) != "" and d.get("use_gpu", True)):
+            return super()._init_device()
+        d["gpu_id"] = ""
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(
+                backend="gloo", rank=d["local_rank"] + d["offset"], world_size=d["world_size"],
+                init_method=f"tcp://{d['ip']}:{d['port']}",
+            )
+        d["device"] = torch.device("cpu")
+        d["single_spec"] = False
+        if d["local_rank"] != 0:
+            d["state"], d["show_progress"], d["verbose"] = "error", False, False
+
 
 def property_files(model: str, dataset: str, config_file_list: Optional[list[str]] = None) -> list[str]:
     """Property files in increasing priority: overall < dataset < model < the user's files."""
@@ -244,13 +264,17 @@ def run(
 
     init_seed(config["seed"], config["reproducibility"])
     prepared = load_checked_data(config)  # before the log file: a dataset too short to split writes nothing
-    print(report.header(config, prepared[0]), flush=True)
+    lead = config["local_rank"] + (config["offset"] or 0) == 0  # the process that reports (all, when single)
+    if lead:
+        print(report.header(config, prepared[0]), flush=True)
     handlers_before = list(logging.getLogger().handlers)
     init_logger(config)
     log_file = report.log_file(set(logging.getLogger().handlers) - set(handlers_before))
     try:
         summary = _train_and_evaluate(model_class, config, saved, prepared, verbose)
     finally:
+        if not config["single_spec"] and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
         # init_logger adds handlers to the root logger; remove them so that another run in the same
         # process (tests, tuning) gets its own log file instead of writing into this one.
         for handler in set(logging.getLogger().handlers) - set(handlers_before):
@@ -261,7 +285,79 @@ def run(
     if torch.cuda.is_available():
         summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     summary["log_file"] = log_file
+    summary["processes"] = config["world_size"] if not config["single_spec"] else 1
+    if not lead:
+        return summary
     if result_file:
         _save_result(result_file, summary, log_file)
     print(report.final_table(summary, result_file), flush=True)
     return summary
+
+
+def _process(rank: int, kwargs: dict, distributed: dict) -> None:
+    """One process of a multi-process run (``torch.multiprocessing.spawn`` calls it with its rank)."""
+    kwargs = dict(kwargs)
+    kwargs["config_dict"] = {**kwargs["config_dict"], **distributed, "local_rank": rank}
+    if rank + distributed["offset"] != 0:
+        kwargs["result_file"] = None
+    if not torch.cuda.is_available():
+        # CPU processes share the cores: threads spinning against each other made steps ~30x slower
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed["nproc"]))
+    try:
+        run(**kwargs)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+
+
+def run_multiprocess(
+    nproc: int = 1, world_size: int = -1, ip: str = "localhost", port: str = "5678", offset: int = 0, **run_kwargs
+) -> Optional[dict[str, Any]]:
+    """:func:`run` (``run_kwargs`` are its arguments) in ``nproc`` processes on this machine (of
+    ``world_size`` over all machines), through RecBole's distributed machinery (``torch.distributed``;
+    nccl with one GPU per process, gloo on CPUs).
+
+    Every pre-flight check runs here first, once. Returns the summary of the reporting process (rank 0)
+    when it runs on this machine, else None.
+    """
+    result_file = run_kwargs.get("result_file")
+    config_dict = run_kwargs.setdefault("config_dict", {})
+    from recbole_diffcl.errors import UserError as _UserError
+
+    if world_size == -1:
+        world_size = nproc
+    if nproc < 1 or world_size < nproc or offset < 0 or offset + nproc > world_size:
+        raise _UserError(
+            f"--nproc={nproc}, --world_size={world_size}, --offset={offset} do not fit together: this machine runs "
+            f"ranks offset .. offset + nproc - 1 of world_size processes. Fix: e.g. --nproc=2 alone on one machine, "
+            f"or --nproc=2 --world_size=4 --offset=0 / --offset=2 on two machines."
+        )
+    _, config = load_config(run_kwargs.get("model", "DiffCLRec"), run_kwargs.get("dataset", "ml-100k"),
+                            run_kwargs.get("config_file_list"), config_dict)
+    if config["user_rankings_file"]:
+        raise _UserError(
+            "user_rankings_file is written by one process only; it is not available with --nproc > 1. Fix: drop "
+            "--nproc (or the user_rankings_file property)."
+        )
+    if torch.cuda.is_available() and config["use_gpu"] and torch.cuda.device_count() < nproc:
+        raise _UserError(
+            f"--nproc={nproc} needs one GPU per process, but {torch.cuda.device_count()} are visible. Fix: pass "
+            f"--nproc={torch.cuda.device_count()}, or --gpu_id='' to train on CPUs (gloo)."
+        )
+    check_output_paths(config, result_file)
+    _check_dataset(config)
+    check_rows_of_dataset(config)
+    import torch.multiprocessing as mp
+
+    distributed = {"world_size": world_size, "ip": ip, "port": str(port), "nproc": nproc, "offset": offset}
+    try:
+        mp.spawn(_process, args=(run_kwargs, distributed), nprocs=nproc, join=True)
+    except mp.ProcessExitedException as exc:
+        raise _UserError(
+            f"process {exc.error_index} of the multi-process run stopped with exit code {exc.exit_code} (its message "
+            f"is above). Fix: correct that, or run with --nproc=1 to see the problem in one process."
+        ) from None
+    if result_file and offset == 0 and os.path.isfile(result_file):
+        with open(result_file, encoding="utf-8") as f:
+            return json.load(f)
+    return None
