@@ -428,6 +428,7 @@ def load_checked_data(config):
     if empty:
         raise UserError(_too_short(config, size, f": the split leaves no {' and no '.join(empty)} rows"))
     check_data_bounds(config, data)
+    data.loaded_counts = size  # (interactions, users, longest sequence) as loaded, for the run's header
     return data, train_data, valid_data, test_data
 
 

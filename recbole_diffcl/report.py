@@ -82,8 +82,8 @@ def header(config, dataset=None) -> str:
     """A few lines: model, dataset (and its size), the device actually used, the training regime."""
     size = ""
     if dataset is not None:
-        size = (f" ({dataset.user_num - 1:,} users, {dataset.item_num - 1:,} items, "
-                f"{len(dataset.inter_feat):,} interactions)")
+        interactions = getattr(dataset, "loaded_counts", (len(dataset.inter_feat),))[0]
+        size = f" ({dataset.user_num - 1:,} users, {dataset.item_num - 1:,} items, {interactions:,} interactions)"
     device = config["device"]
     nproc = config["nproc"] or 1
     processes = f", {nproc} processes" if nproc > 1 else ""
