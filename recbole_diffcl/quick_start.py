@@ -113,6 +113,7 @@ def load_config(
     validate_properties(model_class, config)
     user_files = {f: parsed[f] for f in config_file_list or []}
     check_properties(model_class, config, list(config_dict or {}), user_files)
+    time_column_in_load_col(config)
     negatives = config["train_neg_sample_args"] or {}
     if config["loss_type"] == "BPR" and negatives.get("distribution", "none") == "none":
         raise UserError(
@@ -259,7 +260,6 @@ def run(
     model_class, config = load_config(model, dataset, config_file_list, config_dict)
     check_output_paths(config, result_file)
     _check_dataset(config)
-    time_column_in_load_col(config)
     check_rows_of_dataset(config)
 
     init_seed(config["seed"], config["reproducibility"])
@@ -321,7 +321,7 @@ def run_multiprocess(
     when it runs on this machine, else None.
     """
     result_file = run_kwargs.get("result_file")
-    config_dict = run_kwargs.setdefault("config_dict", {})
+    config_dict = run_kwargs["config_dict"] = dict(run_kwargs.get("config_dict") or {})
     from recbole_diffcl.errors import UserError as _UserError
 
     if world_size == -1:
