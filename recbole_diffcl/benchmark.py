@@ -86,10 +86,14 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     return args, parse_property_overrides(parser, rest, RESERVED, fix)
 
 
+LIST_EXAMPLES = {"models": "SASRec,CL4SRec,DuoRec,DiffCLRec", "seeds": "2020,2021,2022"}
+
+
 def _split_list(text: str, what: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
-        raise UserError(f"--{what} is empty. Fix: give a comma-separated list, e.g. --{what}=...")
+        example = LIST_EXAMPLES.get(what, "a,b")
+        raise UserError(f"--{what} is empty. Fix: give a comma-separated list, e.g. --{what}={example}.")
     if len(set(items)) != len(items):
         raise UserError(f"--{what}={text} repeats an entry. Fix: list each one once.")
     return items
@@ -665,8 +669,10 @@ def benchmark(argv: Sequence[str]) -> int:
 
     # Check every model's properties here, before hours of runs, with the runner's own checks.
     from recbole_diffcl.quick_start import load_config
+    from recbole_diffcl.utils import get_model
 
     for entry in entries:
+        get_model(entry.model, option="--models")  # an unknown name is reported against --models
         load_config(entry.model, args.dataset, [*config_files, *entry.config_files], dict(overrides))
 
     out = Path(args.out).resolve()

@@ -16,6 +16,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML property files")
     parser.add_argument("--result_file", default=None, help="write the run's summary to this JSON file")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print RecBole's full configuration, the dataset and the model (always in the log)")
+    multi = parser.add_argument_group(
+        "multi-process training (RecBole's torch.distributed: one GPU per process with nccl, CPUs with gloo)")
+    multi.add_argument("--nproc", type=int, default=1, help="processes on this machine (default 1)")
+    multi.add_argument("--world_size", type=int, default=-1, help="processes over all machines (default: --nproc)")
+    multi.add_argument("--ip", default="localhost", help="address of the rank-0 machine (default localhost)")
+    multi.add_argument("--port", default="5678", help="free port on the rank-0 machine (default 5678)")
+    multi.add_argument("--offset", type=int, default=0, help="rank of this machine's first process (default 0)")
     args, rest = parser.parse_known_args(argv)
     return args, parse_property_overrides(parser, rest)
 
@@ -41,16 +50,22 @@ def parse_property_overrides(
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     from recbole_diffcl.errors import exit_code_of
-    from recbole_diffcl.quick_start import run
+    from recbole_diffcl.quick_start import run, run_multiprocess
 
     def train() -> int:
-        run(
+        kwargs = dict(
             model=args.model,
             dataset=args.dataset,
             config_file_list=args.config_files.split() if args.config_files else None,
             config_dict=overrides,
             result_file=args.result_file,
+            verbose=args.verbose,
         )
+        if args.nproc != 1 or args.world_size > 0:
+            distributed = dict(nproc=args.nproc, world_size=args.world_size, ip=args.ip, port=args.port)
+            run_multiprocess(offset=args.offset, **distributed, **kwargs)
+        else:
+            run(**kwargs)
         return 0
 
     try:

@@ -19,14 +19,18 @@ from recbole.data.dataloader import TrainDataLoader
 class LengthBucketBatchSampler:
     """Batches of row indices with similar ``lengths``: shuffle, sort within chunks, shuffle batches."""
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, chunk_batches: int, generator: torch.Generator):
+    def __init__(self, lengths: np.ndarray, batch_size: int, chunk_batches: int, generator: torch.Generator,
+                 rank: int = 0, world_size: int = 1):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.chunk_size = batch_size * max(1, chunk_batches)
         self.generator = generator
+        # multi-process training: every process draws the same batches (same seed) and keeps every
+        # world_size-th one, padded with the first batches so that all processes take as many steps
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.world_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = torch.randperm(len(self.lengths), generator=self.generator).numpy()
@@ -35,7 +39,11 @@ class LengthBucketBatchSampler:
             chunk = order[start : start + self.chunk_size]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
             batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
-        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+        order = torch.randperm(len(batches), generator=self.generator).tolist()
+        if self.world_size > 1:
+            order += order[: (-len(order)) % self.world_size]
+            order = order[self.rank :: self.world_size]
+        for b in order:
             yield batches[b].tolist()
 
 
@@ -45,8 +53,11 @@ class BucketedTrainDataLoader(TrainDataLoader):
     def __init__(self, config, dataset, sampler, shuffle=True):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
         lengths = dataset.inter_feat[config["ITEM_LIST_LENGTH_FIELD"]].numpy()
+        distributed = not config["single_spec"]
         self._bucket_sampler = LengthBucketBatchSampler(
-            lengths, self.step, config["length_bucket_chunk"], self.generator
+            lengths, self.step, config["length_bucket_chunk"], self.generator,
+            rank=config["local_rank"] + (config["offset"] or 0) if distributed else 0,
+            world_size=config["world_size"] if distributed else 1,
         )
 
     @property

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import filecmp
 import math
 import os
 import re
@@ -51,6 +52,7 @@ from recbole_diffcl.datasets import (
     recbole_download_url,
 )
 from recbole_diffcl.errors import UserError
+from recbole_diffcl.preflight import check_writable_dir
 
 HEADER = "user_id:token\titem_id:token\ttimestamp:float"
 DEFAULT_DATA_PATH = "dataset/"  # RecBole's default data_path
@@ -310,8 +312,11 @@ def _umask() -> int:
     return mask
 
 
-def _write_atomic(target: Path, lines: Iterable[str]) -> None:
-    """Write to a temporary file next to ``target`` and rename it into place."""
+def _write_atomic(target: Path, lines: Iterable[str], overwrite: bool = True) -> None:
+    """Write to a temporary file next to ``target`` and rename it into place.
+
+    With ``overwrite=False`` an existing ``target`` with other content is kept and a UserError raised
+    (the same content is simply left in place)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -321,6 +326,12 @@ def _write_atomic(target: Path, lines: Iterable[str]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        if not overwrite and target.exists() and not filecmp.cmp(tmp, target, shallow=False):
+            raise UserError(
+                f"{target} already exists and holds other data than this source gives (a dataset prepared "
+                f"from another file?); it was left unchanged. Fix: pass --overwrite to replace it, or choose "
+                f"another dataset name or --data_path."
+            )
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -330,7 +341,7 @@ def _write_atomic(target: Path, lines: Iterable[str]) -> None:
         raise
 
 
-def write_sequences_inter(target: str | os.PathLike, seqs: dict[str, list[str]]) -> Stats:
+def write_sequences_inter(target: str | os.PathLike, seqs: dict[str, list[str]], overwrite: bool = True) -> Stats:
     """Write {uid: [iid, ...]} as an atomic .inter with timestamp = 1-based position in the line."""
 
     def lines() -> Iterator[str]:
@@ -339,7 +350,7 @@ def write_sequences_inter(target: str | os.PathLike, seqs: dict[str, list[str]])
             for pos, iid in enumerate(items, 1):
                 yield f"{uid}\t{iid}\t{pos}\n"
 
-    _write_atomic(Path(target), lines())
+    _write_atomic(Path(target), lines(), overwrite)
     items = {i for seq in seqs.values() for i in seq}
     return Stats(len(seqs), len(items), sum(len(s) for s in seqs.values()))
 
@@ -348,7 +359,7 @@ def _fmt_time(t: float) -> str:
     return str(int(t)) if t.is_integer() and abs(t) < 2**53 else repr(t)
 
 
-def write_ratings_inter(target: str | os.PathLike, r: Ratings, keep: np.ndarray) -> Stats:
+def write_ratings_inter(target: str | os.PathLike, r: Ratings, keep: np.ndarray, overwrite: bool = True) -> Stats:
     """Write the kept interactions grouped by user (first-appearance order), oldest first.
 
     Both sorts are stable, so equal timestamps keep their order in the source file; RecBole's own
@@ -364,7 +375,7 @@ def write_ratings_inter(target: str | os.PathLike, r: Ratings, keep: np.ndarray)
         for u, i, t in zip(r.users[idx].tolist(), r.items[idx].tolist(), r.times[idx].tolist()):
             yield f"{ut[u]}\t{it[i]}\t{_fmt_time(t)}\n"
 
-    _write_atomic(Path(target), lines())
+    _write_atomic(Path(target), lines(), overwrite)
     return Stats(len(np.unique(r.users[idx])), len(np.unique(r.items[idx])), len(idx))
 
 
@@ -464,11 +475,13 @@ def prepare(
     fmt: str = "auto",
     k: int = 5,
     say: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> tuple[Path, Stats]:
     """Create ``<data_path>/<name>/<name>.inter``; return its path and size.
 
     ``fmt`` is ``auto``, ``sequences`` or ``ratings``; ``k`` is the k-core threshold for ratings
-    (0 or 1 disables filtering). Raises :class:`UserError` for bad names, missing or malformed input.
+    (0 or 1 disables filtering). Raises :class:`UserError` for bad names, missing or malformed input,
+    an unwritable ``data_path``, or (without ``overwrite``) an existing dataset file with other content.
     """
     if not _NAME.fullmatch(name):
         raise UserError(
@@ -480,6 +493,7 @@ def prepare(
     if k < 0:
         raise UserError(f"--kcore must be >= 0, got {k}.")
     target = Path(data_path) / name / f"{name}.inter"
+    check_writable_dir(target.parent, "output folder", "pass a writable folder as --data_path")
     download_dir: Optional[Path] = None
 
     if source is None:
@@ -518,7 +532,7 @@ def prepare(
 
     try:
         if fmt == "sequences":
-            stats = write_sequences_inter(target, read_sequences(src))
+            stats = write_sequences_inter(target, read_sequences(src), overwrite)
             short = None
         else:
             r = read_ratings(src)
@@ -533,7 +547,7 @@ def prepare(
                     f"{src}: no interactions survive {k}-core filtering (every user and item needs at "
                     f"least {k}). Use a larger file or a smaller --kcore."
                 )
-            stats = write_ratings_inter(target, r, keep)
+            stats = write_ratings_inter(target, r, keep, overwrite)
     finally:
         if download_dir is not None:
             shutil.rmtree(download_dir, ignore_errors=True)
@@ -574,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--kcore", type=int, default=5,
         help="k-core threshold for ratings sources (default 5; 0 disables)",
     )
+    ap.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing <name>.inter that holds other data (default: refuse)",
+    )
     return ap
 
 
@@ -581,7 +599,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit status (2 for user errors, printed without traceback)."""
     args = build_parser().parse_args(argv)
     try:
-        prepare(args.name, args.source, args.data_path, args.format, args.kcore)
+        prepare(args.name, args.source, args.data_path, args.format, args.kcore, overwrite=args.overwrite)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)

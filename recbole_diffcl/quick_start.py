@@ -16,13 +16,23 @@ from typing import Any, Optional
 import torch
 import yaml
 from recbole.config import Config
-from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_diffcl.data import create_dataset
+from recbole_diffcl import report
 from recbole_diffcl.dataloader import bucketed_train_data, whole_sequence_train_data
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.evaluation import with_evaluation_options
+from recbole_diffcl.preflight import (
+    check_dataset_name,
+    check_output_paths,
+    check_properties,
+    check_property_files,
+    check_rows_of_dataset,
+    finite,
+    load_checked_data,
+    read_property_file,
+    time_column_in_load_col,
+)
 from recbole_diffcl.properties import validate_properties
 from recbole_diffcl.trainer import get_trainer, plain
 from recbole_diffcl.utils import get_model, props_dir
@@ -46,6 +56,26 @@ class PluginConfig(Config):
     def _load_cmd_line(self):
         return {}
 
+    def _init_device(self):
+        """RecBole's device set-up, plus multi-process training on CPUs (gloo): RecBole's own path needs
+        one CUDA device per process (nccl)."""
+        import torch
+
+        d = self.final_config_dict
+        if "local_rank" not in d or (torch.cuda.is_available() and str(d["gpu_id"]) != "" and d.get("use_gpu", True)):
+            return super()._init_device()
+        d["gpu_id"] = ""
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(
+                backend="gloo", rank=d["local_rank"] + d["offset"], world_size=d["world_size"],
+                init_method=f"tcp://{d['ip']}:{d['port']}",
+            )
+        d["device"] = torch.device("cpu")
+        d["single_spec"] = False
+        if d["local_rank"] != 0:
+            d["state"], d["show_progress"], d["verbose"] = "error", False, False
+
 
 def property_files(model: str, dataset: str, config_file_list: Optional[list[str]] = None) -> list[str]:
     """Property files in increasing priority: overall < dataset < model < the user's files."""
@@ -53,11 +83,7 @@ def property_files(model: str, dataset: str, config_file_list: Optional[list[str
     files = [root / "overall.yaml", root / "dataset" / f"{dataset}.yaml", root / "model" / f"{model}.yaml"]
     layered = [str(f) for f in files if f.is_file()]
     for user_file in config_file_list or []:
-        if not os.path.isfile(user_file):
-            raise UserError(
-                f"Config file '{user_file}' does not exist. Fix: check the path given to --config_files "
-                f"(several files are separated by spaces)."
-            )
+        read_property_file(user_file)  # a UserError when missing, a folder, not YAML or not a mapping
         layered.append(user_file)
     return layered
 
@@ -70,7 +96,9 @@ def load_config(
 ) -> tuple[type, Config]:
     """Resolve the model class and build its Config with the plugin's layering; validate the values."""
     model_class = get_model(model)
+    check_dataset_name(dataset)
     files = property_files(model_class.__name__, dataset, config_file_list)
+    parsed = check_property_files(files)
     try:
         config = PluginConfig(
             model=model_class, dataset=dataset, config_file_list=files, config_dict=dict(config_dict or {})
@@ -83,6 +111,9 @@ def load_config(
             f"line or in your --config_files YAML."
         ) from None
     validate_properties(model_class, config)
+    user_files = {f: parsed[f] for f in config_file_list or []}
+    check_properties(model_class, config, list(config_dict or {}), user_files)
+    time_column_in_load_col(config)
     negatives = config["train_neg_sample_args"] or {}
     if config["loss_type"] == "BPR" and negatives.get("distribution", "none") == "none":
         raise UserError(
@@ -131,34 +162,57 @@ def peak_rss_mb() -> float:
 
 
 def _write_json_atomically(path: str, payload: dict) -> None:
+    """Standard JSON (no Infinity / NaN), written to a temporary file and renamed; no temporary file is
+    left behind when writing fails (the OSError is raised)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
-def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[str, Any]:
-    logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
-
     try:
-        data = create_dataset(config)
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise UserError(
-            f"RecBole could not load dataset '{config['dataset']}' from {config['data_path']}: {exc}. Fix: check "
-            f"that the atomic files follow RecBole's format (tab separated, header 'name:type') and that "
-            f"load_col names columns that exist."
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(finite(payload), f, indent=2, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp) and not os.path.isdir(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _save_result(result_file: str, summary: dict, log_file: Optional[str]) -> str:
+    """Write the result file; if that fails at the end of a run, keep the result beside the log instead
+    (the run is not lost) and raise a RunOutputError naming both paths."""
+    try:
+        _write_json_atomically(result_file, summary)
+        return result_file
+    except OSError as exc:
+        fallback = (os.path.splitext(log_file)[0] if log_file else os.path.abspath("recbole_diffcl-result")) + ".json"
+        _write_json_atomically(fallback, summary)
+        raise report.RunOutputError(
+            f"The run finished but --result_file={result_file} could not be written ({exc.strerror or exc}). "
+            f"The result was saved to {fallback} instead. Fix: free space or choose a writable path next time; "
+            f"copy {fallback} where you need it."
         ) from None
-    logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+
+
+def _train_and_evaluate(
+    model_class: type, config: Config, saved: bool, prepared: Optional[tuple] = None, verbose: bool = True
+) -> dict[str, Any]:
+    """``prepared``: (dataset, train, valid, test) as :func:`recbole_diffcl.preflight.load_checked_data`
+    returns them (loaded before the log exists); ``verbose``: also print the configuration, dataset and
+    model on the console (they always go to the log file)."""
+    logger = getLogger()
+    if prepared is None:
+        prepared = load_checked_data(config)
+    data, train_data, valid_data, test_data = prepared
+    with report.console_quiet(not verbose):
+        logger.info(sys.argv)
+        logger.info(config)
+        logger.info(data)
     train_data = bucketed_train_data(config, whole_sequence_train_data(config, train_data))
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = model_class(config, train_data._dataset).to(config["device"])
-    logger.info(net)
+    with report.console_quiet(not verbose):
+        logger.info(net)
 
     trainer_class = with_evaluation_options(get_trainer(config["MODEL_TYPE"], config["model"], model_class))
     trainer = trainer_class(config, net)
@@ -169,14 +223,14 @@ def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[
     test_start = time()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_eval_seconds = time() - test_start
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    logger.info(set_color("best valid ", "yellow") + f": {report.metrics_line(best_valid_result)}")
+    logger.info(set_color("test result", "yellow") + f": {report.metrics_line(test_result)}")
     return {
         "model": config["model"],
         "dataset": config["dataset"],
         "seed": config["seed"],
         "properties": plain({k: config[k] for k in sorted(config.external_config_dict)}),
-        "best_valid_score": float(best_valid_score),
+        "best_valid_score": finite(float(best_valid_score)),
         "best_valid_result": plain(dict(best_valid_result or {})),
         "test_result": plain(dict(test_result or {})),
         "epochs_run": len(getattr(trainer, "epoch_seconds", [])),
@@ -198,8 +252,15 @@ def run(
     config_dict: Optional[dict[str, Any]] = None,
     saved: bool = True,
     result_file: Optional[str] = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset``, select the best epoch on validation, evaluate test.
+
+    Every check of the input runs first (:mod:`recbole_diffcl.preflight`): a mistake raises
+    ``UserError`` before the dataset is downloaded, a log is opened or a file is written. The console
+    gets a short header, the per-epoch lines and a table of the metrics with the paths of the log,
+    checkpoint and result; RecBole's full configuration, the dataset and the model go to the log file
+    (and to the console too with ``verbose``).
 
     Returns the run's summary (also written to ``result_file`` as JSON when given): model, dataset,
     seed, the properties set by property files and command line, best valid result, test result,
@@ -208,14 +269,23 @@ def run(
     """
     start = time()
     model_class, config = load_config(model, dataset, config_file_list, config_dict)
+    check_output_paths(config, result_file)
     _check_dataset(config)
+    check_rows_of_dataset(config)
 
     init_seed(config["seed"], config["reproducibility"])
+    prepared = load_checked_data(config)  # before the log file: a dataset too short to split writes nothing
+    lead = config["local_rank"] + (config["offset"] or 0) == 0  # the process that reports (all, when single)
+    if lead:
+        print(report.header(config, prepared[0]), flush=True)
     handlers_before = list(logging.getLogger().handlers)
     init_logger(config)
+    log_file = report.log_file(set(logging.getLogger().handlers) - set(handlers_before))
     try:
-        summary = _train_and_evaluate(model_class, config, saved)
+        summary = _train_and_evaluate(model_class, config, saved, prepared, verbose)
     finally:
+        if not config["single_spec"] and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
         # init_logger adds handlers to the root logger; remove them so that another run in the same
         # process (tests, tuning) gets its own log file instead of writing into this one.
         for handler in set(logging.getLogger().handlers) - set(handlers_before):
@@ -225,7 +295,80 @@ def run(
     summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if torch.cuda.is_available():
         summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    summary["log_file"] = log_file
+    summary["processes"] = config["world_size"] if not config["single_spec"] else 1
+    if not lead:
+        return summary
     if result_file:
-        _write_json_atomically(result_file, summary)
-        print(f"result file: {result_file}")
+        _save_result(result_file, summary, log_file)
+    print(report.final_table(summary, result_file), flush=True)
     return summary
+
+
+def _process(rank: int, kwargs: dict, distributed: dict) -> None:
+    """One process of a multi-process run (``torch.multiprocessing.spawn`` calls it with its rank)."""
+    kwargs = dict(kwargs)
+    kwargs["config_dict"] = {**kwargs["config_dict"], **distributed, "local_rank": rank}
+    if rank + distributed["offset"] != 0:
+        kwargs["result_file"] = None
+    if not torch.cuda.is_available():
+        # CPU processes share the cores: threads spinning against each other made steps ~30x slower
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed["nproc"]))
+    try:
+        run(**kwargs)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+
+
+def run_multiprocess(
+    nproc: int = 1, world_size: int = -1, ip: str = "localhost", port: str = "5678", offset: int = 0, **run_kwargs
+) -> Optional[dict[str, Any]]:
+    """:func:`run` (``run_kwargs`` are its arguments) in ``nproc`` processes on this machine (of
+    ``world_size`` over all machines), through RecBole's distributed machinery (``torch.distributed``;
+    nccl with one GPU per process, gloo on CPUs).
+
+    Every pre-flight check runs here first, once. Returns the summary of the reporting process (rank 0)
+    when it runs on this machine, else None.
+    """
+    result_file = run_kwargs.get("result_file")
+    config_dict = run_kwargs["config_dict"] = dict(run_kwargs.get("config_dict") or {})
+    from recbole_diffcl.errors import UserError as _UserError
+
+    if world_size == -1:
+        world_size = nproc
+    if nproc < 1 or world_size < nproc or offset < 0 or offset + nproc > world_size:
+        raise _UserError(
+            f"--nproc={nproc}, --world_size={world_size}, --offset={offset} do not fit together: this machine runs "
+            f"ranks offset .. offset + nproc - 1 of world_size processes. Fix: e.g. --nproc=2 alone on one machine, "
+            f"or --nproc=2 --world_size=4 --offset=0 / --offset=2 on two machines."
+        )
+    _, config = load_config(run_kwargs.get("model", "DiffCLRec"), run_kwargs.get("dataset", "ml-100k"),
+                            run_kwargs.get("config_file_list"), config_dict)
+    if config["user_rankings_file"]:
+        raise _UserError(
+            "user_rankings_file is written by one process only; it is not available with --nproc > 1. Fix: drop "
+            "--nproc (or the user_rankings_file property)."
+        )
+    if torch.cuda.is_available() and config["use_gpu"] and torch.cuda.device_count() < nproc:
+        raise _UserError(
+            f"--nproc={nproc} needs one GPU per process, but {torch.cuda.device_count()} are visible. Fix: pass "
+            f"--nproc={torch.cuda.device_count()}, or --gpu_id='' to train on CPUs (gloo)."
+        )
+    check_output_paths(config, result_file)
+    _check_dataset(config)
+    check_rows_of_dataset(config)
+    import torch.multiprocessing as mp
+
+    distributed = {"world_size": world_size, "ip": ip, "port": str(port), "nproc": nproc, "offset": offset}
+    try:
+        mp.spawn(_process, args=(run_kwargs, distributed), nprocs=nproc, join=True)
+    except mp.ProcessExitedException as exc:
+        raise _UserError(
+            f"process {exc.error_index} of the multi-process run stopped with exit code {exc.exit_code} (its message "
+            f"is above). Fix: correct that, or run with --nproc=1 to see the problem in one process."
+        ) from None
+    if result_file and offset == 0 and os.path.isfile(result_file):
+        with open(result_file, encoding="utf-8") as f:
+            return json.load(f)
+    return None

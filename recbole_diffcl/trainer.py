@@ -63,6 +63,25 @@ class SafeCheckpointMixin:
         self.stopped_by = "epochs" if ran_all else "early_stopping"
         return result
 
+    def __init__(self, config, model):
+        # RecBole wraps the model with DistributedDataParallel(device_ids=[rank]), valid for GPU modules
+        # only; on CPUs (gloo) the wrapper takes no device_ids.
+        cpu_processes = not config["single_spec"] and config["device"].type == "cpu"
+        if cpu_processes:
+            config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            if cpu_processes:
+                config["single_spec"] = False
+        if cpu_processes:
+            self.distributed_model = torch.nn.parallel.DistributedDataParallel(self.model)
+        if not config["single_spec"]:
+            # every process reloads the best checkpoint, which only rank 0 writes: use rank 0's file name
+            names = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(names, src=0)
+            self.saved_model_file = names[0]
+
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return

@@ -23,7 +23,7 @@ def plugin_models() -> dict[str, type]:
     return {name: getattr(module, name) for name in module.__all__}
 
 
-def get_model(model_name: str) -> type:
+def get_model(model_name: str, option: str = "--model") -> type:
     """Model class by name: the plugin's models first, then every RecBole model (as RecBole-GNN does)."""
     plugin = plugin_models()
     if model_name in plugin:
@@ -38,7 +38,7 @@ def get_model(model_name: str) -> type:
     by_lower = {name.lower(): name for name in known}
     hint = f" Did you mean '{by_lower[model_name.lower()]}'?" if model_name.lower() in by_lower else ""
     raise UserError(
-        f"Unknown model '{model_name}'.{hint} Fix: pass --model with one of the plugin's models "
+        f"Unknown model '{model_name}'.{hint} Fix: pass {option} with one of the plugin's models "
         f"({', '.join(known)}) or a RecBole model name, spelled as its class (e.g. SASRec, BERT4Rec, "
         f"GRU4Rec, FEARec)."
     )

@@ -60,6 +60,13 @@ def make_batch(batch: int = 8, max_len: int = 50, n_items: int = 60, seed: int =
     }
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder, so RecBole's log/, log_tensorboard/ and saved/
+    (relative to the working folder) never land in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def one_torch_thread():
     """One intra-op thread for the test: on a shared 2-core machine, threads spinning against other
