@@ -77,15 +77,19 @@ class EvaluationOptionsMixin:
     def prepare_evaluation(self, train_data, valid_data, test_data) -> None:
         """Build the users' histories per evaluation split and the whole-sequence lengths."""
         dataset = train_data._dataset
+        # Whole-sequence training keeps one (possibly truncated) row per user; histories and lengths come
+        # from RecBole's prefix rows, which show every training interaction.
+        if getattr(dataset, "prefix_inter_feat", None) is not None:
+            dataset = dataset.copy(dataset.prefix_inter_feat)
         n_users, n_items = dataset.user_num, dataset.item_num
-        splits = [d._dataset for d in (train_data, valid_data, test_data) if d]
+        splits = [dataset] + [d._dataset for d in (valid_data, test_data) if d]
         # Each target of a split is one interaction; the user's first interaction is never a target.
         self._seq_len = sum(
             np.bincount(s.inter_feat[s.uid_field].numpy(), minlength=n_users) for s in splits
         ) + 1
         self._histories = []  # (loader, users x items matrix of items before that loader's targets)
         if self.config["exclude_history"]:
-            seen = _split_items(train_data._dataset, n_users, n_items)
+            seen = _split_items(dataset, n_users, n_items)
             for loader in (valid_data, test_data):
                 if loader:
                     self._histories.append((loader, seen))

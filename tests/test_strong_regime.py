@@ -217,3 +217,27 @@ def test_max_train_seconds_stops_training_and_still_tests_the_best_checkpoint(tm
     assert result["epochs_run"] == 1 and result["stopped_by"] == "time_budget"
     assert len(result["valid_curve"]) == 1 and 0 <= result["test_result"]["ndcg@10"] <= 1
     assert result["ranking"] == "full (history kept)" and result["regime"] == "whole sequence"
+
+
+def test_whole_sequence_training_keeps_histories_and_lengths_of_the_prefix_rows(tmp_path):
+    """exclude_history and the per-user lengths must not depend on the training regime."""
+    from recbole.data import data_preparation
+
+    from recbole_diffcl.data import create_dataset
+    from recbole_diffcl.dataloader import whole_sequence_train_data
+    from recbole_diffcl.evaluation import with_evaluation_options
+    from recbole_diffcl.quick_start import load_config
+    from recbole_diffcl.trainer import get_trainer
+
+    _, config = load_config("SASRecPlus", "ml-100k", config_dict={**tiny_config(tmp_path), "exclude_history": True,
+                                                                  "MAX_ITEM_LIST_LENGTH": 5})
+    prefix_data, valid_data, test_data = data_preparation(config, create_dataset(config))
+    whole_data = whole_sequence_train_data(config, prefix_data)
+    model = SASRecPlus(config, whole_data._dataset)
+    trainer_class = with_evaluation_options(get_trainer(config["MODEL_TYPE"], config["model"], SASRecPlus))
+    from_prefix, from_whole = trainer_class(config, model), trainer_class(config, model)
+    from_prefix.prepare_evaluation(prefix_data, valid_data, test_data)
+    from_whole.prepare_evaluation(whole_data, valid_data, test_data)
+    assert (from_prefix._seq_len == from_whole._seq_len).all()
+    for (_, a), (_, b) in zip(from_prefix._histories, from_whole._histories):
+        assert (a != b).nnz == 0  # rows truncated to 5 items still exclude the user's whole history
