@@ -12,10 +12,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
         description="Train and evaluate a sequential recommender (DiffCLRec, CL4SRec, DuoRec or any RecBole "
         "model) with the recbole_diffcl plugin. Extra --key=value pairs override properties.",
     )
-    parser.add_argument("--model", "-m", default="DiffCLRec", help="model name (default: DiffCLRec)")
-    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
+    parser.add_argument("--model", "-m", default=None, help="model name (default: DiffCLRec)")
+    parser.add_argument("--dataset", "-d", default=None, help="dataset name (default: ml-100k)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML property files")
     parser.add_argument("--result_file", default=None, help="write the run's summary to this JSON file")
+    parser.add_argument(
+        "--resume", nargs="?", const="latest", default=None, metavar="PATH",
+        help="continue the run saved in checkpoint PATH (a -last.pth or best .pth) exactly; without PATH: the "
+        "newest checkpoint of the same model and dataset in checkpoint_dir. --key=value still overrides",
+    )
     args, rest = parser.parse_known_args(argv)
     return args, parse_property_overrides(parser, rest)
 
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             config_file_list=args.config_files.split() if args.config_files else None,
             config_dict=overrides,
             result_file=args.result_file,
+            resume=args.resume,
         )
         return 0
 

@@ -24,6 +24,7 @@ from recbole_diffcl.dataloader import bucketed_train_data, whole_sequence_train_
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.evaluation import with_evaluation_options
 from recbole_diffcl.properties import validate_properties
+from recbole_diffcl.resume import resumable, resumed_config
 from recbole_diffcl.trainer import get_trainer, plain
 from recbole_diffcl.utils import get_model, props_dir
 
@@ -139,11 +140,8 @@ def _write_json_atomically(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[str, Any]:
-    logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
-
+def build_data(config: Config):
+    """``(dataset, train_data, valid_data, test_data)`` of a run, the training loader shaped by its options."""
     try:
         data = create_dataset(config)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -152,16 +150,29 @@ def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[
             f"that the atomic files follow RecBole's format (tab separated, header 'name:type') and that "
             f"load_col names columns that exist."
         ) from None
-    logger.info(data)
+    getLogger().info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     train_data = bucketed_train_data(config, whole_sequence_train_data(config, train_data))
+    return data, train_data, valid_data, test_data
+
+
+def _train_and_evaluate(
+    model_class: type, config: Config, saved: bool, resume_file: Optional[str] = None
+) -> dict[str, Any]:
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    data, train_data, valid_data, test_data = build_data(config)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = model_class(config, train_data._dataset).to(config["device"])
     logger.info(net)
 
     trainer_class = with_evaluation_options(get_trainer(config["MODEL_TYPE"], config["model"], model_class))
-    trainer = trainer_class(config, net)
+    trainer = resumable(trainer_class)(config, net)
+    if resume_file:
+        trainer.resume_checkpoint(resume_file)
     trainer.prepare_evaluation(train_data, valid_data, test_data)  # exclude_history, user_rankings_file
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
@@ -188,16 +199,18 @@ def _train_and_evaluate(model_class: type, config: Config, saved: bool) -> dict[
         "test_eval_seconds": round(test_eval_seconds, 3),
         "wall_seconds": None,  # filled in by run()
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
+        "last_checkpoint": os.path.abspath(trainer.last_model_file) if saved else None,
     }
 
 
 def run(
-    model: str = "DiffCLRec",
-    dataset: str = "ml-100k",
+    model: Optional[str] = None,
+    dataset: Optional[str] = None,
     config_file_list: Optional[list[str]] = None,
     config_dict: Optional[dict[str, Any]] = None,
     saved: bool = True,
     result_file: Optional[str] = None,
+    resume: Optional[str] = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset``, select the best epoch on validation, evaluate test.
 
@@ -205,16 +218,25 @@ def run(
     seed, the properties set by property files and command line, best valid result, test result,
     epochs run, seconds per training epoch, seconds of the test evaluation, total wall seconds, peak RSS
     (and peak GPU memory on a GPU) and the checkpoint path.
+
+    ``model`` defaults to DiffCLRec and ``dataset`` to ml-100k. ``resume`` (a checkpoint path, or
+    ``"latest"``: the newest of this model and dataset in ``checkpoint_dir``) continues an interrupted
+    run exactly, with the checkpoint's properties (``config_file_list`` and ``config_dict`` win), see
+    :mod:`recbole_diffcl.resume`.
     """
     start = time()
-    model_class, config = load_config(model, dataset, config_file_list, config_dict)
+    resume_file = None
+    if resume:
+        model_class, config, resume_file = resumed_config(resume, model, dataset, config_file_list, config_dict)
+    else:
+        model_class, config = load_config(model or "DiffCLRec", dataset or "ml-100k", config_file_list, config_dict)
     _check_dataset(config)
 
     init_seed(config["seed"], config["reproducibility"])
     handlers_before = list(logging.getLogger().handlers)
     init_logger(config)
     try:
-        summary = _train_and_evaluate(model_class, config, saved)
+        summary = _train_and_evaluate(model_class, config, saved, resume_file)
     finally:
         # init_logger adds handlers to the root logger; remove them so that another run in the same
         # process (tests, tuning) gets its own log file instead of writing into this one.
@@ -229,3 +251,14 @@ def run(
         _write_json_atomically(result_file, summary)
         print(f"result file: {result_file}")
     return summary
+
+
+def load_data_and_model(checkpoint_file: str, config_dict: Optional[dict[str, Any]] = None):
+    """RecBole's ``load_data_and_model`` for this plugin's checkpoints (plugin and RecBole models alike).
+
+    Returns ``(config, model, dataset, train_data, valid_data, test_data)``; see
+    :func:`recbole_diffcl.checkpoint.load_data_and_model`.
+    """
+    from recbole_diffcl.checkpoint import load_data_and_model as load
+
+    return load(checkpoint_file, config_dict)
