@@ -50,14 +50,16 @@ def read_checkpoint(path: str, metadata_only: bool = False) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=metadata_only or None)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's message is long; its "WeightsUnpickler error: ..." line names the refused object
+        lines = [line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line]
+        reason = lines[0].split("error:", 1)[1].split(" was not")[0].strip() if lines else "not plain state"
         raise UserError(
             f"'{path}' holds Python objects that torch's safe loader refuses ({reason}): it is not a "
             f"recbole_diffcl checkpoint (RecBole's own trainer pickles its whole Config into its checkpoints). "
             f"{RETRAIN_FIX}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # torch's readers raise many kinds (KeyError, EOFError, RuntimeError ...) on junk
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}" if str(exc).strip() else type(exc).__name__
         raise UserError(f"'{path}' is not a torch checkpoint ({reason}). {RETRAIN_FIX}") from None
     stored = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(stored, dict) or "state_dict" not in checkpoint or not {"model", "dataset"} <= set(stored):
