@@ -99,6 +99,7 @@ class ResumableMixin:
                 "best_valid_result": plain(dict(best_result)) if best_result is not None else None,
                 "best_file": os.path.abspath(self.saved_model_file),
                 "epoch_seconds": [float(s) for s in getattr(self, "epoch_seconds", [])],
+                "valid_curve": [float(v) for v in getattr(self, "valid_curve", [])],
                 "stopped_early": bool(self.cur_step > self.stopping_step) if self._saving_last else False,
                 "dataset_fingerprint": self._fingerprint,
                 "rng_state": rng_state(self._loader_generator),
@@ -140,6 +141,7 @@ class ResumableMixin:
         if self._stopped_early or self.start_epoch >= self.epochs:
             why = "early stopping had ended it" if self._stopped_early else f"all {self.epochs} epochs were run"
             self.logger.info(f"Nothing left to train ({why}); best valid score {self.best_valid_score}.")
+            self.stopped_by = "early_stopping" if self._stopped_early else "epochs"
             return self.best_valid_score, self.best_valid_result
 
         def after_validation(epoch_idx, valid_score):
@@ -152,6 +154,8 @@ class ResumableMixin:
             train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
             callback_fn=after_validation,
         )
+        if getattr(self, "stopped_by", None) in ("epochs", "early_stopping"):  # counted over this process's epochs only
+            self.stopped_by = "epochs" if self._trained_epoch >= self.epochs - 1 else "early_stopping"
         if saved:
             self._save_last(self._trained_epoch)
         return result
@@ -162,6 +166,7 @@ class ResumableMixin:
         self.saved_model_file = _best_file_of(checkpoint, resume_file)
         self.best_valid_result = checkpoint.get("best_valid_result")
         self.epoch_seconds = list(checkpoint.get("epoch_seconds", []))
+        self.valid_curve = list(checkpoint.get("valid_curve", []))
         self._stopped_early = bool(checkpoint.get("stopped_early", False))
         self._pending_rng = checkpoint.get("rng_state")
         if self._pending_rng is None:

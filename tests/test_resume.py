@@ -86,6 +86,8 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert got["best_valid_result"] == expected["best_valid_result"]
     assert got["best_valid_score"] == expected["best_valid_score"]
     assert got["epochs_run"] == expected["epochs_run"] == EPOCHS
+    assert got["valid_curve"] == expected["valid_curve"] and len(got["valid_curve"]) == EPOCHS
+    assert got["stopped_by"] == expected["stopped_by"] == "epochs"
     # the weights of the last epoch are bit-identical too
     last_full = torch.load(expected["last_checkpoint"], weights_only=True)
     last_crash = torch.load(got["last_checkpoint"], weights_only=True)
