@@ -12,8 +12,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
         description="Train and evaluate a sequential recommender (DiffCLRec, CL4SRec, DuoRec or any RecBole "
         "model) with the recbole_diffcl plugin. Extra --key=value pairs override properties.",
     )
-    parser.add_argument("--model", "-m", default="DiffCLRec", help="model name (default: DiffCLRec)")
-    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
+    parser.add_argument("--model", "-m", default=None, help="model name (default: DiffCLRec)")
+    parser.add_argument("--dataset", "-d", default=None, help="dataset name (default: ml-100k)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML property files")
     parser.add_argument("--result_file", default=None, help="write the run's summary to this JSON file")
     parser.add_argument("--verbose", action="store_true",
@@ -25,6 +25,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     multi.add_argument("--ip", default="localhost", help="address of the rank-0 machine (default localhost)")
     multi.add_argument("--port", default="5678", help="free port on the rank-0 machine (default 5678)")
     multi.add_argument("--offset", type=int, default=0, help="rank of this machine's first process (default 0)")
+    parser.add_argument(
+        "--resume", nargs="?", const="latest", default=None, metavar="PATH",
+        help="continue the run saved in checkpoint PATH (a -last.pth or best .pth) exactly; without PATH: the "
+        "newest checkpoint of the same model and dataset in checkpoint_dir. --key=value still overrides",
+    )
     args, rest = parser.parse_known_args(argv)
     return args, parse_property_overrides(parser, rest)
 
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             config_dict=overrides,
             result_file=args.result_file,
             verbose=args.verbose,
+            resume=args.resume,
         )
         if args.nproc != 1 or args.world_size > 0:
             distributed = dict(nproc=args.nproc, world_size=args.world_size, ip=args.ip, port=args.port)

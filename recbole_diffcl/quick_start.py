@@ -34,6 +34,7 @@ from recbole_diffcl.preflight import (
     time_column_in_load_col,
 )
 from recbole_diffcl.properties import validate_properties
+from recbole_diffcl.resume import resumable, resumed_config
 from recbole_diffcl.trainer import get_trainer, plain
 from recbole_diffcl.utils import get_model, props_dir
 
@@ -193,21 +194,31 @@ def _save_result(result_file: str, summary: dict, log_file: Optional[str]) -> st
         ) from None
 
 
+def build_data(config: Config, prepared: Optional[tuple] = None):
+    """``(dataset, train_data, valid_data, test_data)`` of a run, the training loader shaped by its options
+    (whole-sequence rows, length bucketing). ``prepared``: what :func:`load_checked_data` returned."""
+    data, train_data, valid_data, test_data = prepared if prepared is not None else load_checked_data(config)
+    train_data = bucketed_train_data(config, whole_sequence_train_data(config, train_data))
+    return data, train_data, valid_data, test_data
+
+
 def _train_and_evaluate(
-    model_class: type, config: Config, saved: bool, prepared: Optional[tuple] = None, verbose: bool = True
+    model_class: type,
+    config: Config,
+    saved: bool,
+    prepared: Optional[tuple] = None,
+    verbose: bool = True,
+    resume_file: Optional[str] = None,
 ) -> dict[str, Any]:
     """``prepared``: (dataset, train, valid, test) as :func:`recbole_diffcl.preflight.load_checked_data`
     returns them (loaded before the log exists); ``verbose``: also print the configuration, dataset and
     model on the console (they always go to the log file)."""
     logger = getLogger()
-    if prepared is None:
-        prepared = load_checked_data(config)
-    data, train_data, valid_data, test_data = prepared
+    data, train_data, valid_data, test_data = build_data(config, prepared)
     with report.console_quiet(not verbose):
         logger.info(sys.argv)
         logger.info(config)
         logger.info(data)
-    train_data = bucketed_train_data(config, whole_sequence_train_data(config, train_data))
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = model_class(config, train_data._dataset).to(config["device"])
@@ -215,7 +226,9 @@ def _train_and_evaluate(
         logger.info(net)
 
     trainer_class = with_evaluation_options(get_trainer(config["MODEL_TYPE"], config["model"], model_class))
-    trainer = trainer_class(config, net)
+    trainer = resumable(trainer_class)(config, net)
+    if resume_file:
+        trainer.resume_checkpoint(resume_file)
     trainer.prepare_evaluation(train_data, valid_data, test_data)  # exclude_history, user_rankings_file
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
@@ -242,17 +255,19 @@ def _train_and_evaluate(
         "test_eval_seconds": round(test_eval_seconds, 3),
         "wall_seconds": None,  # filled in by run()
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
+        "last_checkpoint": os.path.abspath(trainer.last_model_file) if saved else None,
     }
 
 
 def run(
-    model: str = "DiffCLRec",
-    dataset: str = "ml-100k",
+    model: Optional[str] = None,
+    dataset: Optional[str] = None,
     config_file_list: Optional[list[str]] = None,
     config_dict: Optional[dict[str, Any]] = None,
     saved: bool = True,
     result_file: Optional[str] = None,
     verbose: bool = False,
+    resume: Optional[str] = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset``, select the best epoch on validation, evaluate test.
 
@@ -266,9 +281,18 @@ def run(
     seed, the properties set by property files and command line, best valid result, test result,
     epochs run, seconds per training epoch, seconds of the test evaluation, total wall seconds, peak RSS
     (and peak GPU memory on a GPU) and the checkpoint path.
+
+    ``model`` defaults to DiffCLRec and ``dataset`` to ml-100k. ``resume`` (a checkpoint path, or
+    ``"latest"``: the newest of this model and dataset in ``checkpoint_dir``) continues an interrupted
+    run exactly, with the checkpoint's properties (``config_file_list`` and ``config_dict`` win), see
+    :mod:`recbole_diffcl.resume`.
     """
     start = time()
-    model_class, config = load_config(model, dataset, config_file_list, config_dict)
+    resume_file = None
+    if resume:
+        model_class, config, resume_file = resumed_config(resume, model, dataset, config_file_list, config_dict)
+    else:
+        model_class, config = load_config(model or "DiffCLRec", dataset or "ml-100k", config_file_list, config_dict)
     check_output_paths(config, result_file)
     _check_dataset(config)
     check_rows_of_dataset(config)
@@ -282,7 +306,7 @@ def run(
     init_logger(config)
     log_file = report.log_file(set(logging.getLogger().handlers) - set(handlers_before))
     try:
-        summary = _train_and_evaluate(model_class, config, saved, prepared, verbose)
+        summary = _train_and_evaluate(model_class, config, saved, prepared, verbose, resume_file)
     finally:
         if not config["single_spec"] and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -343,7 +367,9 @@ def run_multiprocess(
             f"ranks offset .. offset + nproc - 1 of world_size processes. Fix: e.g. --nproc=2 alone on one machine, "
             f"or --nproc=2 --world_size=4 --offset=0 / --offset=2 on two machines."
         )
-    _, config = load_config(run_kwargs.get("model", "DiffCLRec"), run_kwargs.get("dataset", "ml-100k"),
+    if run_kwargs.get("resume"):
+        raise _UserError("--resume is not available with --nproc > 1 yet. Fix: resume with one process (drop --nproc).")
+    _, config = load_config(run_kwargs.get("model") or "DiffCLRec", run_kwargs.get("dataset") or "ml-100k",
                             run_kwargs.get("config_file_list"), config_dict)
     if config["user_rankings_file"]:
         raise _UserError(
@@ -372,3 +398,14 @@ def run_multiprocess(
         with open(result_file, encoding="utf-8") as f:
             return json.load(f)
     return None
+
+
+def load_data_and_model(checkpoint_file: str, config_dict: Optional[dict[str, Any]] = None):
+    """RecBole's ``load_data_and_model`` for this plugin's checkpoints (plugin and RecBole models alike).
+
+    Returns ``(config, model, dataset, train_data, valid_data, test_data)``; see
+    :func:`recbole_diffcl.checkpoint.load_data_and_model`.
+    """
+    from recbole_diffcl.checkpoint import load_data_and_model as load
+
+    return load(checkpoint_file, config_dict)

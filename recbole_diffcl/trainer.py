@@ -94,6 +94,7 @@ class SafeCheckpointMixin:
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
+            **self._checkpoint_extras(),
         }
         # Write to a temporary file, then rename: an interrupted save never leaves a broken checkpoint.
         tmp_file = saved_model_file + ".tmp"
@@ -108,6 +109,10 @@ class SafeCheckpointMixin:
             self.valid_curve = []
         self.valid_curve.append(round(float(valid_score), 6))  # the validation metric after each evaluation
         return valid_score, valid_result
+
+    def _checkpoint_extras(self) -> dict:
+        """More plain state for every checkpoint (see :mod:`recbole_diffcl.resume`); none by default."""
+        return {}
 
     def load_checkpoint(self, checkpoint_file: str) -> dict:
         """Load a checkpoint with ``weights_only=True`` and restore the model's parameters from it."""
@@ -127,6 +132,7 @@ class SafeCheckpointMixin:
             self.logger.warning("The checkpoint was saved by another model; loading its state may fail.")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+        return checkpoint
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):

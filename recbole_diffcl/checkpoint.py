@@ -1,0 +1,217 @@
+"""Checkpoints as files: read them safely, rebuild their run, find the newest one to resume.
+
+A checkpoint written by the plugin's trainers (``saved/<Model>-<time>.pth``, the best epoch, and
+``saved/<Model>-<time>-last.pth``, the latest epoch) holds plain state only: the run's final
+configuration as plain values, the model's and the optimiser's state dicts, the training position
+and RNG states (:mod:`recbole_diffcl.resume`) and a fingerprint of the dataset it was trained on. It
+loads with ``torch.load(..., weights_only=True)``, so nothing here ever unpickles objects.
+
+:func:`load_data_and_model` is RecBole's function of the same name for these checkpoints (RecBole's
+own cannot rebuild them: it expects a pickled ``Config`` and knows no plugin model). It rebuilds the
+configuration from the values stored in the checkpoint, not from today's property files, so a model
+loads with the architecture it was trained with even after ``props/`` changed.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import pickle
+from typing import Any, Optional
+
+import torch
+from recbole.utils import init_seed
+
+from recbole_diffcl.errors import UserError
+
+#: Values RecBole's ``Config`` derives itself (from the model class, the dataset name and the machine);
+#: they are recomputed, never copied from the checkpoint.
+DERIVED_KEYS = frozenset(
+    {
+        "model", "dataset", "data_path", "device", "single_spec", "local_rank", "MODEL_TYPE",
+        "MODEL_INPUT_TYPE", "eval_type", "valid_neg_sample_args", "test_neg_sample_args",
+    }
+)
+
+RETRAIN_FIX = "Fix: pass a .pth file written by this plugin's runner (python run_recbole_diffcl.py) into saved/."
+
+
+def read_checkpoint(path: str, metadata_only: bool = False) -> dict[str, Any]:
+    """The checkpoint in ``path``, loaded safely on the CPU; a :class:`UserError` when it is not one.
+
+    ``metadata_only`` maps the file instead of reading it (the tensors are read only when touched).
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"Checkpoint '{path}' does not exist. Fix: check the path; training writes checkpoints into "
+            f"checkpoint_dir (saved/ by default) and a --result_file names the best one."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=metadata_only or None)
+    except pickle.UnpicklingError as exc:
+        # torch's message is long; its "WeightsUnpickler error: ..." line names the refused object
+        lines = [line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line]
+        reason = lines[0].split("error:", 1)[1].split(" was not")[0].strip() if lines else "not plain state"
+        raise UserError(
+            f"'{path}' holds Python objects that torch's safe loader refuses ({reason}): it is not a "
+            f"recbole_diffcl checkpoint (RecBole's own trainer pickles its whole Config into its checkpoints). "
+            f"{RETRAIN_FIX}"
+        ) from None
+    except Exception as exc:  # torch's readers raise many kinds (KeyError, EOFError, RuntimeError ...) on junk
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}" if str(exc).strip() else type(exc).__name__
+        raise UserError(f"'{path}' is not a torch checkpoint ({reason}). {RETRAIN_FIX}") from None
+    stored = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(stored, dict) or "state_dict" not in checkpoint or not {"model", "dataset"} <= set(stored):
+        raise UserError(
+            f"'{path}' is a torch file but not a recbole_diffcl checkpoint (it lacks the run's config or the "
+            f"model's state_dict). {RETRAIN_FIX}"
+        )
+    return checkpoint
+
+
+def _sha1(tokens) -> str:
+    return hashlib.sha1("\n".join(str(t) for t in tokens).encode("utf-8")).hexdigest()
+
+
+def dataset_fingerprint(dataset) -> dict[str, Any]:
+    """What identifies the data a model was trained on: name, sizes and hashes of the token lists.
+
+    Item and user ids are positions in these token lists, so two datasets with equal fingerprints map
+    every token to the same id (and the model's item embeddings mean the same items).
+    """
+    return {
+        "dataset": str(dataset.dataset_name),
+        "n_users": int(dataset.user_num),
+        "n_items": int(dataset.item_num),
+        "users_sha1": _sha1(dataset.field2id_token[dataset.uid_field]),
+        "items_sha1": _sha1(dataset.field2id_token[dataset.iid_field]),
+    }
+
+
+def check_fingerprint(checkpoint: dict, dataset, path: str) -> None:
+    """A :class:`UserError` when ``dataset`` is not the data the checkpoint was trained on."""
+    trained = checkpoint.get("dataset_fingerprint")
+    if not trained:
+        return  # an older checkpoint: loading the state dict still checks the sizes
+    now = dataset_fingerprint(dataset)
+    if now == trained:
+        return
+    raise UserError(
+        f"Checkpoint '{path}' was trained on dataset '{trained['dataset']}' with {trained['n_users']} users and "
+        f"{trained['n_items']} items, but the files at {dataset.config['data_path']} give {now['n_users']} users "
+        f"and {now['n_items']} items"
+        + (" (same counts, other tokens)" if (now["n_users"], now["n_items"]) == (trained["n_users"], trained["n_items"]) else "")
+        + ": it is a checkpoint of a different dataset. Fix: point data_path at the atomic files the model was "
+        f"trained on (load_data_and_model(path, {{'data_path': DIR}}) or --data_path=DIR, DIR holding "
+        f"{trained['dataset']}/), with the filtering properties of that run."
+    )
+
+
+def config_from_checkpoint(checkpoint: dict, overrides: Optional[dict[str, Any]] = None):
+    """``(model_class, config)`` of the run that wrote ``checkpoint``; ``overrides`` win over its values.
+
+    Every stored value except :data:`DERIVED_KEYS` is passed to RecBole's ``Config`` (so the values it
+    derives follow them) and then set again exactly as stored (RecBole would convert strings such as
+    ``[0,30]``). ``data_path`` is the stored one's parent folder unless overridden.
+    """
+    from recbole_diffcl.quick_start import load_config
+
+    stored = checkpoint["config"]
+    overrides = dict(overrides or {})
+    kept = {k: v for k, v in stored.items() if k not in DERIVED_KEYS}
+    properties = dict(kept)
+    negatives = kept.get("train_neg_sample_args")
+    if isinstance(negatives, dict) and negatives.get("distribution", "none") == "none":
+        properties["train_neg_sample_args"] = None  # RecBole's input form of "no negative sampling"
+    if stored.get("data_path"):
+        properties["data_path"] = os.path.dirname(os.path.normpath(str(stored["data_path"])))
+    properties.update(overrides)
+    model_class, config = load_config(str(stored["model"]), str(stored["dataset"]), None, properties)
+    for key, value in kept.items():
+        if key not in overrides and key != "train_neg_sample_args":
+            config.final_config_dict[key] = value
+    return model_class, config
+
+
+def require_dataset_files(config, path: str) -> None:
+    """A :class:`UserError` naming the checkpoint when its dataset's files are not where the config says."""
+    from recbole_diffcl.quick_start import _check_dataset
+
+    data_dir = str(config["data_path"])
+    name = config["dataset"]
+    inter = os.path.join(data_dir, f"{name}.inter")
+    if not config["benchmark_filename"] and not os.path.isfile(inter):
+        raise UserError(
+            f"Checkpoint '{path}' was trained on dataset '{name}', whose atomic files are missing: {inter} does "
+            f"not exist. Fix: pass the folder that holds {name}/ as data_path (load_data_and_model(path, "
+            f"{{'data_path': DIR}}) or --data_path=DIR), or prepare the dataset again "
+            f"(python -m recbole_diffcl.prepare {name} --source FILE)."
+        )
+    _check_dataset(config)
+
+
+def load_data_and_model(checkpoint_file: str, config_dict: Optional[dict[str, Any]] = None):
+    """Rebuild the run that wrote ``checkpoint_file``: ``(config, model, dataset, train_data, valid_data, test_data)``.
+
+    As RecBole's ``recbole.quick_start.load_data_and_model``, for plugin and RecBole models alike: the
+    configuration comes from the checkpoint (``config_dict`` overrides it, e.g. ``data_path`` or
+    ``use_gpu``; the device is chosen for this machine), the dataset and its split loaders are built
+    as in training, and the model is built and its weights loaded (in eval mode, on ``config['device']``).
+    Raises :class:`UserError` for a file that is not a checkpoint, a dataset that is missing, or a
+    dataset other than the one the model was trained on.
+    """
+    from recbole_diffcl.quick_start import build_data
+
+    path = str(checkpoint_file)
+    checkpoint = read_checkpoint(path)
+    model_class, config = config_from_checkpoint(checkpoint, config_dict)
+    require_dataset_files(config, path)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset, train_data, valid_data, test_data = build_data(config)
+    check_fingerprint(checkpoint, dataset, path)
+
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(config, train_data._dataset).to(config["device"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise UserError(
+            f"The weights in '{path}' do not fit {config['model']} built on dataset '{config['dataset']}' "
+            f"({reason}): the checkpoint was trained on other data or with other properties. Fix: load it with "
+            f"the dataset files it was trained on (data_path) and without property overrides that change the "
+            f"model's shape."
+        ) from None
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    model.eval()
+    return config, model, dataset, train_data, valid_data, test_data
+
+
+def find_latest_checkpoint(checkpoint_dir: str, model: str, dataset: str) -> Optional[str]:
+    """The newest resumable checkpoint of ``model`` on ``dataset`` in ``checkpoint_dir`` (None if there is none).
+
+    Resumable: written with the training state (``rng_state``). Files that are not checkpoints are skipped.
+    """
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(str(checkpoint_dir)), "*.pth")):
+        try:
+            checkpoint = read_checkpoint(path, metadata_only=True)
+        except UserError:
+            continue
+        stored = checkpoint["config"]
+        if stored["model"] == model and stored["dataset"] == dataset and "rng_state" in checkpoint:
+            found.append((os.path.getmtime(path), path.endswith(LAST_SUFFIX), path))
+    return max(found)[2] if found else None
+
+
+#: The latest-epoch checkpoint of ``saved/<Model>-<time>.pth`` is ``saved/<Model>-<time>-last.pth``.
+LAST_SUFFIX = "-last.pth"
+
+
+def last_checkpoint_path(best_file: str) -> str:
+    """Where the latest-epoch checkpoint of the run whose best checkpoint is ``best_file`` goes."""
+    if best_file.endswith(LAST_SUFFIX):
+        return best_file
+    root, _ = os.path.splitext(best_file)
+    return root + LAST_SUFFIX
