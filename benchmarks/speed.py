@@ -1,7 +1,12 @@
 """Training and evaluation speed of several models on one dataset, one process per model.
 
     python benchmarks/speed.py --dataset=amazon-sports --models=SASRec,DiffCLRec,CL4SRec,DuoRec \
-        --epochs=4 --out=scratch/speed-sports.md [--key=value ...]
+        --epochs=4 --out=scratch/speed-sports.md [--regimes=whole,prefix] [--devices=cpu,cuda] [--key=value ...]
+
+``--regimes``: the training regimes to time for every plugin model (``whole``: one row per user, loss at
+every position, their default; ``prefix``: RecBole's row per prefix); RecBole's own models always train
+per prefix. ``--devices``: ``cpu`` and/or ``cuda`` (the latter only where a GPU is visible; ``cpu`` on a
+GPU machine runs with ``use_gpu=False``). Default: the plugin models' regime on this machine's device.
 
 For each model it runs the plugin's runner (``python -m recbole_diffcl``) for ``--epochs`` epochs
 without validation and reports: the median seconds per training epoch over the epochs after the
@@ -38,8 +43,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def run_model(model: str, dataset: str, epochs: int, overrides: list[str], workdir: Path) -> dict:
-    result_file = workdir / f"{model}.json"
+def run_model(model: str, dataset: str, epochs: int, overrides: list[str], workdir: Path, tag: str = "") -> dict:
+    result_file = workdir / f"{model}{tag}.json"
     cmd = [
         sys.executable, "-m", "recbole_diffcl", f"--model={model}", f"--dataset={dataset}",
         f"--epochs={epochs}", "--eval_step=0", "--show_progress=False", f"--checkpoint_dir={workdir / 'saved'}",
@@ -61,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="SASRec,DiffCLRec")
     parser.add_argument("--epochs", type=int, default=4, help="training epochs per model; the first is warm-up")
     parser.add_argument("--out", default=None, help="write the markdown table here (also printed)")
+    parser.add_argument("--regimes", default="default", help="whole,prefix (plugin models); default: their own")
+    parser.add_argument("--devices", default="default", help="cpu,cuda; default: the runner's choice")
     args, overrides = parser.parse_known_args(argv)
     if not any(o.startswith("--data_path=") for o in overrides):
         # runs happen in a temporary folder: read the data from this checkout's dataset/ (as the runner would)
@@ -68,15 +75,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (one warm-up epoch, then the measured ones)")
 
+    from recbole_diffcl.utils import plugin_models
+
+    import torch
+
+    devices = [d for d in args.devices.split(",") if d != "cuda" or torch.cuda.is_available()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
-        for model in args.models.split(","):
-            print(f"[speed] {model} on {args.dataset}: {args.epochs} epochs ...", file=sys.stderr, flush=True)
-            r = run_model(model, args.dataset, args.epochs, overrides, Path(tmp))
+        for model, regime, device in (
+            (m, r, d) for d in devices for m in args.models.split(",") for r in args.regimes.split(",")
+            if r == "default" or m in plugin_models() or r == "prefix"
+        ):
+            extra = {"whole": ["--whole_sequence_training=True"], "prefix": ["--whole_sequence_training=False"]}
+            extra = extra.get(regime, []) if model in plugin_models() else []
+            extra += ["--use_gpu=False"] if device == "cpu" else []
+            print(f"[speed] {model} ({regime}, {device}) on {args.dataset}: {args.epochs} epochs ...",
+                  file=sys.stderr, flush=True)
+            r = run_model(model, args.dataset, args.epochs, [*overrides, *extra], Path(tmp), f"-{regime}-{device}")
             measured = r["seconds_per_epoch"][1:]
             rows.append(
                 {
                     "model": model,
+                    "regime": r.get("regime", regime),
+                    "device": "GPU" if "peak_gpu_mb" in r and device != "cpu" else "CPU",
                     "epoch_s": statistics.median(measured),
                     "epochs": ", ".join(f"{s:.1f}" for s in r["seconds_per_epoch"]),
                     "eval_s": r["test_eval_seconds"],
@@ -97,13 +118,13 @@ def write_table(rows: list[dict], argv: list[str] | None, out: str | None) -> No
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}",
         f"Command: `{command}`",
         "",
-        "| model | s / training epoch (median after warm-up) | all epochs (s) | test full-sort eval (s) | peak RSS (GB) | peak GPU (GB) | batch | test NDCG@10 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | regime | device | s / training epoch (median after warm-up) | all epochs (s) | test full-sort eval (s) | peak RSS (GB) | peak GPU (GB) | batch | test NDCG@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gpu = f"{r['gpu_gb']:.2f}" if r["gpu_gb"] is not None else "-"
         lines.append(
-            f"| {r['model']} | {r['epoch_s']:.1f} | {r['epochs']} | {r['eval_s']:.2f} | {r['rss_gb']:.2f} | {gpu} | {r['batch']} | {r['ndcg']:.4f} |"
+            f"| {r['model']} | {r['regime']} | {r['device']} | {r['epoch_s']:.1f} | {r['epochs']} | {r['eval_s']:.2f} | {r['rss_gb']:.2f} | {gpu} | {r['batch']} | {r['ndcg']:.4f} |"
         )
     table = "\n".join(lines) + "\n"
     print(table, flush=True)
