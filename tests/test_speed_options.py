@@ -76,3 +76,35 @@ def test_no_split_without_trimming():
     widths = _count_encoder_calls(model)
     model.forward(batch["item_id_list"], batch["item_length"])
     assert widths == [50]
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "BCE"])
+@pytest.mark.parametrize("model_name", ["SASRecPlus", "DiffCLRec"])
+def test_sync_free_losses_equal_the_compacted_ones(model_name, loss_type, monkeypatch):
+    from recbole_diffcl.model import DiffCLRec, SASRecPlus, contrastive
+
+    # BCE: the two paths draw their negatives in different shapes; a negative that is a function of the
+    # target makes them comparable (the sampler itself is tested in test_strong_regime.py)
+    monkeypatch.setattr(contrastive, "sample_negatives", lambda targets, n, row_items=None: targets % (n - 1) + 1)
+
+    model_class = {"SASRecPlus": SASRecPlus, "DiffCLRec": DiffCLRec}[model_name]
+    batch = make_batch(batch=10, shortest=2, longest=14, seed=4)
+    torch.manual_seed(0)
+    model = make_model(model_class, loss_type=loss_type, **SMALL).eval()
+    outputs = model.encode_all_positions(batch["item_id_list"], batch["item_length"])
+    losses = []
+    for sync_free in (False, True):
+        model.sync_free = sync_free
+        torch.manual_seed(3)  # the same BCE negatives, drawn in the same order
+        losses.append(model.every_position_loss(outputs, batch["item_id_list"], batch["item_length"], batch))
+    torch.testing.assert_close(losses[1], losses[0])
+
+
+def test_trim_and_sync_free_resolve_per_device():
+    from recbole_diffcl.model import SASRecPlus
+
+    cpu = make_model(SASRecPlus, trim_batches="auto", sync_free_steps="auto", **SMALL)
+    assert cpu.trim_batches is True and cpu.sync_free is False
+    gpu = make_model(SASRecPlus, trim_batches="auto", sync_free_steps="auto", device=torch.device("cuda"), **SMALL)
+    assert gpu.trim_batches is False and gpu.sync_free is True
+    assert make_model(SASRecPlus, **SMALL).sync_free is False  # the default: off until measured on a GPU

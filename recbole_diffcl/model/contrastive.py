@@ -132,7 +132,8 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         "cl_temperature": P.positive(),
         "cl_similarity": P.one_of(*SIMILARITIES),
         "cl_warmup_epochs": P.non_negative_int(),
-        "trim_batches": P.boolean(),
+        "trim_batches": P.one_of(True, False, "auto"),
+        "sync_free_steps": P.one_of(True, False, "auto"),
         "length_sorted_passes": P.positive_int_or("auto"),
     }
 
@@ -154,7 +155,12 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         self.cl_temperature = optional("cl_temperature", 1.0)
         self.cl_similarity = optional("cl_similarity", "dot")
         self.cl_warmup_epochs = optional("cl_warmup_epochs", 0)
-        self.trim_batches = config["trim_batches"] if config["trim_batches"] is not None else True
+        on_gpu = torch.device(config["device"] or "cpu").type == "cuda"
+        # On a GPU a step is launch-bound: trimming (which reads the batch's longest row on the host) and
+        # compacting real positions (boolean indexing) each stop the host until the device catches up.
+        optional_auto = lambda key, auto: auto if optional(key, "auto") == "auto" else bool(config[key])  # noqa: E731
+        self.trim_batches = optional_auto("trim_batches", not on_gpu)
+        self.sync_free = optional_auto("sync_free_steps", on_gpu)
         self.length_sorted_passes = resolve_length_sorted_passes(config["length_sorted_passes"], config["device"])
         self.whole_sequence = bool(config["whole_sequence_training"])
         self.current_epoch = 0  # set by the trainer at the start of every epoch
@@ -312,12 +318,27 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         targets[rows, item_seq_len - 1] = interaction[self.POS_ITEM_ID]
         return targets
 
+    def every_position_loss_dense(
+        self, outputs: torch.Tensor, targets: torch.Tensor, item_seq: torch.Tensor, item_seq_len: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`every_position_loss` without compacting the real positions (the same value)."""
+        real = targets != 0
+        if self.loss_type == "BCE":
+            row_items = torch.cat([self.trim(item_seq, item_seq_len)[:, :1], targets], dim=1)
+            negatives = sample_negatives(targets, self.n_items, row_items)
+            terms = F.softplus(-self.score_pairs(outputs, targets)) + F.softplus(self.score_pairs(outputs, negatives))
+            return (terms * real).sum() / real.sum().clamp(min=1)
+        logits = outputs @ self.item_table.T  # B x L' x n_items
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
+
     def every_position_loss(
         self, outputs: torch.Tensor, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction
     ) -> torch.Tensor:
         """The next-item loss of encoder ``outputs`` (B x L' x d, trimmed rows) at every real position."""
         targets = self.every_position_targets(item_seq, item_seq_len, interaction)
         real = targets != 0
+        if self.sync_free:  # every position, padding included, masked: no boolean indexing (host syncs)
+            return self.every_position_loss_dense(outputs, targets, item_seq, item_seq_len)
         if self.loss_type == "BCE":
             # the row's items: its input sequence plus its target (the authors' negatives avoid them)
             row_items = torch.cat([self.trim(item_seq, item_seq_len)[:, :1], targets], dim=1)
