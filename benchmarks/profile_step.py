@@ -29,7 +29,7 @@ from recbole.utils import init_seed  # noqa: E402
 from recbole_diffcl import diffusion  # noqa: E402
 from recbole_diffcl.cli import parse_property_overrides  # noqa: E402
 from recbole_diffcl.data import create_dataset  # noqa: E402
-from recbole_diffcl.dataloader import bucketed_train_data  # noqa: E402
+from recbole_diffcl.data.dataloader import bucketed_train_data  # noqa: E402
 from recbole_diffcl.quick_start import load_config  # noqa: E402
 
 # (owner, attribute) pairs wrapped in a record_function range named after them, when they exist.

@@ -28,7 +28,7 @@ from recbole.data import data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_diffcl.data import create_dataset  # noqa: E402
-from recbole_diffcl.dataloader import whole_sequence_train_data  # noqa: E402
+from recbole_diffcl.data.dataloader import whole_sequence_train_data  # noqa: E402
 from recbole_diffcl.quick_start import load_config  # noqa: E402
 
 # (label, model, property overrides, amp)

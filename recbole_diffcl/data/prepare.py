@@ -17,7 +17,7 @@ Sources:
     ``.inter`` such as RecBole's Amazon downloads): iterative k-core filtering (users and items both
     with at least k interactions, repeated until nothing changes), equal timestamps keep file order;
   * nothing: the benchmark file is looked up in the known places (see
-    :func:`recbole_diffcl.datasets.benchmark_search_paths`); failing that, RecBole's raw download of
+    :func:`recbole_diffcl.data.registry.benchmark_search_paths`); failing that, RecBole's raw download of
     the matching dataset is fetched and 5-core filtered (network needed; fails fast offline).
 
 The output is written to a temporary file in the target folder and renamed into place, so an
@@ -27,9 +27,7 @@ interrupted run never leaves a truncated ``.inter`` that RecBole would load.
 from __future__ import annotations
 
 import argparse
-import csv
 import filecmp
-import math
 import os
 import re
 import shutil
@@ -43,7 +41,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from recbole_diffcl.datasets import (
+from recbole_diffcl.data.readers import Ratings, detect_format, kcore, read_ratings, read_sequences
+from recbole_diffcl.data.registry import (
     BENCHMARKS,
     SHARED_DATA_ENV,
     benchmark_search_paths,
@@ -51,18 +50,13 @@ from recbole_diffcl.datasets import (
     find_benchmark_source,
     recbole_download_url,
 )
-from recbole_diffcl.errors import UserError
+from recbole_diffcl.errors import UserError, exit_code_of
 from recbole_diffcl.preflight import check_writable_dir
+from recbole_diffcl.utils import atomic_write
 
 HEADER = "user_id:token\titem_id:token\ttimestamp:float"
 DEFAULT_DATA_PATH = "dataset/"  # RecBole's default data_path
-_ID = re.compile(r"[0-9]+")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-# Column-name synonyms for headed ratings files (matched case-insensitively, before any ':type').
-_USER_NAMES = ("user_id", "user", "userid", "uid", "reviewerid", "session_id")
-_ITEM_NAMES = ("item_id", "item", "itemid", "iid", "asin", "business_id", "product_id", "movie_id")
-_TIME_NAMES = ("timestamp", "time", "unixreviewtime", "date", "datetime")
 
 
 @dataclass(frozen=True)
@@ -90,255 +84,26 @@ class Stats:
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading sources
-
-
-def _open_text(path: Path):
-    try:
-        return open(path, encoding="utf-8", newline="")
-    except FileNotFoundError:
-        raise UserError(f"Source file {path} does not exist. Check the --source path.") from None
-    except IsADirectoryError:
-        raise UserError(f"Source {path} is a folder; --source must name a file.") from None
-    except OSError as e:
-        raise UserError(f"Cannot read source file {path}: {e.strerror}.") from None
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line without newline); undecodable bytes become a UserError naming the line."""
-    with _open_text(path) as f:
-        n = 0
-        try:
-            for n, line in enumerate(f, 1):
-                yield n, line.rstrip("\r\n")
-        except UnicodeDecodeError:
-            raise UserError(
-                f"{path}, line {n + 1}: not valid UTF-8 text. The source must be a plain-text file."
-            ) from None
-
-
-def read_sequences(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Read a benchmark sequence file (``uid iid iid ...`` per line) into {uid: [iid, ...]}.
-
-    Ids must be non-negative integers (normalised, so ``007`` is ``7``); each user appears on one line
-    with at least one item. Blank lines are allowed only at the end. Raises :class:`UserError` naming
-    the file and line for anything else.
-    """
-    path = Path(path)
-    seqs: dict[str, list[str]] = {}
-    first_line: dict[str, int] = {}
-    blank_at: Optional[int] = None
-    fmt = "one line per user: a user id, then the user's item ids oldest first, separated by spaces"
-    for n, line in _lines(path):
-        fields = line.split()
-        if not fields:
-            blank_at = blank_at or n
-            continue
-        if blank_at is not None:
-            raise UserError(f"{path}, line {blank_at}: empty line inside the file. Expected {fmt}.")
-        if len(fields) < 2:
-            raise UserError(
-                f"{path}, line {n}: only one field ({fields[0]!r}); expected {fmt}, with at least one "
-                f"item. Remove the line or add the user's items."
-            )
-        for k, tok in enumerate(fields, 1):
-            if not _ID.fullmatch(tok):
-                what = "user id" if k == 1 else "item id"
-                raise UserError(
-                    f"{path}, line {n}, field {k}: {tok!r} is not an integer {what}. Expected {fmt} "
-                    f"(a ratings CSV needs --format ratings)."
-                )
-        uid = str(int(fields[0]))
-        if uid in seqs:
-            raise UserError(
-                f"{path}, line {n}: user {uid} already has a line (line {first_line[uid]}). Each user "
-                f"must appear on exactly one line; merge the two lines in chronological order."
-            )
-        first_line[uid] = n
-        seqs[uid] = [str(int(t)) for t in fields[1:]]
-    if not seqs:
-        raise UserError(f"{path} is empty: expected {fmt}.")
-    return seqs
-
-
-@dataclass
-class Ratings:
-    """Interactions of a ratings file, as codes into ``user_tokens`` / ``item_tokens``."""
-
-    user_tokens: list[str]  # code -> original token, in order of first appearance
-    item_tokens: list[str]
-    users: np.ndarray  # int64 codes, file order
-    items: np.ndarray
-    times: np.ndarray  # float64
-
-
-def _pick(names: Sequence[str], wanted: Sequence[str]) -> Optional[int]:
-    lowered = [n.lower() for n in names]
-    for w in wanted:
-        if w in lowered:
-            return lowered.index(w)
-    return None
-
-
-def _is_number(s: str) -> bool:
-    try:
-        return math.isfinite(float(s))
-    except ValueError:
-        return False
-
-
-def read_ratings(path: str | os.PathLike) -> Ratings:
-    """Read ``user,item,rating,timestamp`` rows (CSV with/without header, TSV, or RecBole atomic).
-
-    Headerless files are positional (user, item, rating, timestamp). Headed files are matched by
-    column name (``user_id``/``user``/``reviewerID``..., ``item_id``/``item``/``asin``/``business_id``...,
-    ``timestamp``/``time``/``date``...), so RecBole's downloaded atomic files work as they are.
-    """
-    path = Path(path)
-    rows = _ratings_rows(path)
-    first = next(rows, None)
-    if first is None:
-        raise UserError(f"{path} is empty: expected ratings rows 'user,item,rating,timestamp'.")
-    n0, header = first
-    names = [h.split(":", 1)[0].strip() for h in header]
-    ncols = len(header)
-    cols = (_pick(names, _USER_NAMES), _pick(names, _ITEM_NAMES), _pick(names, _TIME_NAMES))
-    data: Iterable[tuple[int, list[str]]] = rows
-    if all(c is not None for c in cols):
-        ucol, icol, tcol = cols  # type: ignore[misc]  # header with recognised names
-    elif ncols == 4 and _is_number(header[3].strip()):
-        ucol, icol, tcol = 0, 1, 3  # no header: the first line is data
-        data = _chain([(n0, header)], rows)
-    elif ncols == 4:
-        ucol, icol, tcol = 0, 1, 3  # header with other names: the documented column order
-    else:
-        raise UserError(
-            f"{path}, line {n0}: {ncols} field(s) and no recognisable header; expected the 4 columns "
-            f"user,item,rating,timestamp (with or without a header line) or a header naming "
-            f"user_id, item_id and timestamp columns."
-        )
-
-    user_code: dict[str, int] = {}
-    item_code: dict[str, int] = {}
-    users: list[int] = []
-    items: list[int] = []
-    times: list[float] = []
-    for n, fields in data:
-        if len(fields) == 1 and not fields[0].strip():
-            continue  # blank line
-        if len(fields) != ncols:
-            raise UserError(
-                f"{path}, line {n}: {len(fields)} field(s), expected {ncols} like the first line. "
-                f"Fix or remove the line."
-            )
-        u, i, t = fields[ucol].strip(), fields[icol].strip(), fields[tcol].strip()
-        for what, tok in (("user", u), ("item", i)):
-            if not tok or any(c in tok for c in "\t\r\n"):
-                raise UserError(
-                    f"{path}, line {n}: {what} id {tok!r} is empty or contains a tab/line break. "
-                    f"Fix or remove the line."
-                )
-        try:
-            tv = float(t)
-            if not math.isfinite(tv):
-                raise ValueError
-        except ValueError:
-            raise UserError(
-                f"{path}, line {n}: timestamp {t!r} is not a number. Timestamps must be numeric "
-                f"(e.g. Unix seconds); fix or remove the line."
-            ) from None
-        users.append(user_code.setdefault(u, len(user_code)))
-        items.append(item_code.setdefault(i, len(item_code)))
-        times.append(tv)
-    if not users:
-        raise UserError(f"{path} has a header but no ratings rows.")
-    return Ratings(
-        list(user_code),
-        list(item_code),
-        np.asarray(users, dtype=np.int64),
-        np.asarray(items, dtype=np.int64),
-        np.asarray(times, dtype=np.float64),
-    )
-
-
-def _chain(*its: Iterable) -> Iterator:
-    for it in its:
-        yield from it
-
-
-def _ratings_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields): tab-separated if the first line has a tab, else CSV."""
-    lines = _lines(path)
-    first = next(lines, None)
-    if first is None:
-        return
-    n, line = first
-    if "\t" in line:
-        yield n, line.split("\t")
-        for n, line in lines:
-            yield n, line.split("\t")
-        return
-    # csv handles quoted fields; line numbers stay right as long as fields hold no line breaks.
-    reader = csv.reader(_chain([line], (ln for _, ln in lines)))
-    for k, fields in enumerate(reader, n):
-        yield k, fields if fields else [""]
-
-
-def kcore(users: np.ndarray, items: np.ndarray, k: int = 5) -> tuple[np.ndarray, int]:
-    """Iterative k-core: mask of interactions kept so every kept user and item has >= k of them.
-
-    Removing a sparse item can push a user below k (and vice versa), so filter until stable.
-    Returns (mask, number of passes that removed something).
-    """
-    keep = np.ones(len(users), dtype=bool)
-    rounds = 0
-    while True:
-        uc = np.bincount(users[keep], minlength=users.max(initial=-1) + 1)
-        ic = np.bincount(items[keep], minlength=items.max(initial=-1) + 1)
-        new = keep & (uc[users] >= k) & (ic[items] >= k)
-        if new.sum() == keep.sum():
-            return keep, rounds
-        keep = new
-        rounds += 1
-
-
-# --------------------------------------------------------------------------------------------------
 # Writing
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(target: Path, lines: Iterable[str], overwrite: bool = True) -> None:
-    """Write to a temporary file next to ``target`` and rename it into place.
+def _write_inter(target: Path, lines: Iterable[str], overwrite: bool = True) -> None:
+    """Write the lines atomically (a temporary file beside ``target``, synced, then renamed).
 
     With ``overwrite=False`` an existing ``target`` with other content is kept and a UserError raised
     (the same content is simply left in place)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for line in lines:
-                f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+
+    def keep_other_data(tmp: str) -> None:
         if not overwrite and target.exists() and not filecmp.cmp(tmp, target, shallow=False):
             raise UserError(
                 f"{target} already exists and holds other data than this source gives (a dataset prepared "
                 f"from another file?); it was left unchanged. Fix: pass --overwrite to replace it, or choose "
                 f"another dataset name or --data_path."
             )
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    with atomic_write(target, newline="\n", fsync=True, before_replace=keep_other_data) as f:
+        for line in lines:
+            f.write(line)
 
 
 def write_sequences_inter(target: str | os.PathLike, seqs: dict[str, list[str]], overwrite: bool = True) -> Stats:
@@ -350,7 +115,7 @@ def write_sequences_inter(target: str | os.PathLike, seqs: dict[str, list[str]],
             for pos, iid in enumerate(items, 1):
                 yield f"{uid}\t{iid}\t{pos}\n"
 
-    _write_atomic(Path(target), lines(), overwrite)
+    _write_inter(Path(target), lines(), overwrite)
     items = {i for seq in seqs.values() for i in seq}
     return Stats(len(seqs), len(items), sum(len(s) for s in seqs.values()))
 
@@ -375,33 +140,8 @@ def write_ratings_inter(target: str | os.PathLike, r: Ratings, keep: np.ndarray,
         for u, i, t in zip(r.users[idx].tolist(), r.items[idx].tolist(), r.times[idx].tolist()):
             yield f"{ut[u]}\t{it[i]}\t{_fmt_time(t)}\n"
 
-    _write_atomic(Path(target), lines(), overwrite)
+    _write_inter(Path(target), lines(), overwrite)
     return Stats(len(np.unique(r.users[idx])), len(np.unique(r.items[idx])), len(idx))
-
-
-def inter_to_sequences(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Read an atomic .inter back into {uid: [iid, ...]} ordered as RecBole orders it.
-
-    Users in order of first appearance; within a user by timestamp, ties in file order (stable),
-    which is what RecBole's ``order: TO`` does.
-    """
-    path = Path(path)
-    per_user: dict[str, list[tuple[float, int, str]]] = {}
-    lines = _lines(path)
-    first = next(lines, None)
-    if first is None:
-        raise UserError(f"{path} is empty.")
-    names = [h.split(":", 1)[0] for h in first[1].split("\t")]
-    try:
-        ucol, icol, tcol = (names.index(c) for c in ("user_id", "item_id", "timestamp"))
-    except ValueError:
-        raise UserError(f"{path}, line 1: header needs user_id, item_id and timestamp.") from None
-    for n, line in lines:
-        f = line.split("\t")
-        if len(f) != len(names):
-            raise UserError(f"{path}, line {n}: {len(f)} fields, the header has {len(names)}.")
-        per_user.setdefault(f[ucol], []).append((float(f[tcol]), n, f[icol]))
-    return {u: [i for _, _, i in sorted(v)] for u, v in per_user.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,15 +197,6 @@ def download_raw(url: str, workdir: Path, say: Callable[[str], None] = print) ->
 
 # --------------------------------------------------------------------------------------------------
 # Driver
-
-
-def _detect_format(path: Path) -> str:
-    if path.suffix.lower() in (".csv", ".inter", ".tsv"):
-        return "ratings"
-    for _, line in _lines(path):
-        if line.strip():
-            return "ratings" if ("," in line or "\t" in line) else "sequences"
-    return "sequences"  # empty: read_sequences reports it
 
 
 def prepare(
@@ -528,12 +259,11 @@ def prepare(
         if not src.is_file():
             raise UserError(f"Source file {src} does not exist (or is not a file). Check --source.")
         if fmt == "auto":
-            fmt = _detect_format(src)
+            fmt = detect_format(src)
 
     try:
         if fmt == "sequences":
             stats = write_sequences_inter(target, read_sequences(src), overwrite)
-            short = None
         else:
             r = read_ratings(src)
             keep, rounds = kcore(r.users, r.items, k) if k > 1 else (np.ones(len(r.users), bool), 0)
@@ -598,15 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit status (2 for user errors, printed without traceback)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         prepare(args.name, args.source, args.data_path, args.format, args.kcore, overwrite=args.overwrite)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
+        return 0
+
+    try:
+        return exit_code_of(run)
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":
