@@ -82,10 +82,6 @@ def main(argv: list[str] | None = None) -> int:
             run(**kwargs)
         return 0
 
-    try:
-        return exit_code_of(train)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return exit_code_of(train, interrupted="interrupted")
 
 

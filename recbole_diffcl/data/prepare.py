@@ -333,11 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prepare(args.name, args.source, args.data_path, args.format, args.kcore, overwrite=args.overwrite)
         return 0
 
-    try:
-        return exit_code_of(run)
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
+    return exit_code_of(run, interrupted="interrupted; nothing was written")
 
 
 if __name__ == "__main__":
