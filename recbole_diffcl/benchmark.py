@@ -43,6 +43,7 @@ from recbole_diffcl.report import (
     write_summary,
 )
 from recbole_diffcl.runs import RunSpec, duration, execute, load_finished, run_command, tail, user_error_message
+from recbole_diffcl.utils import get_model, require_extra
 
 #: Properties the benchmark sets for each run itself.
 RESERVED = {"model", "dataset", "seed", "result_file", "user_rankings_file", "config_files"}
@@ -249,9 +250,9 @@ def benchmark(argv: Sequence[str]) -> int:
     groups = parse_length_groups(args.length_groups)
     config_files = config_file_list(args.config_files, absolute=True)
 
+    require_extra("matplotlib", "plot", "The benchmark's plot (summary.png)")  # before hours of runs
     # Check every model's properties here, before hours of runs, with the runner's own checks.
     from recbole_diffcl.quick_start import load_config
-    from recbole_diffcl.utils import get_model
 
     for entry in entries:
         get_model(entry.model, option="--models")  # an unknown name is reported against --models

@@ -43,7 +43,7 @@ import yaml
 from recbole_diffcl.cli import config_file_list, parse_property_overrides
 from recbole_diffcl.errors import UserError, exit_code_of
 from recbole_diffcl.runs import duration, execute, mean_epoch_seconds, python_path, read_result, runner_command, user_error_message
-from recbole_diffcl.utils import atomic_write, is_number
+from recbole_diffcl.utils import atomic_write, is_number, require_extra
 
 ALGOS = {"grid": "exhaustive", "random": "random", "tpe": "bayes"}  # ours -> RecBole HyperTuning's names
 KINDS = ("choice", "uniform", "loguniform", "quniform")
@@ -274,14 +274,9 @@ def write_best_yaml(best: dict[str, Any], path: Path, study: Study, n_trials: in
 def _recbole_hyper_tuning():
     # hyperopt 0.2.5 imports pkg_resources (deprecated by setuptools); nothing a user can act on.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-    try:
-        from recbole.trainer.hyper_tuning import HyperTuning
-        import hyperopt  # noqa: F401  (HyperTuning imports it lazily)
-    except ImportError:
-        raise UserError(
-            "Tuning needs hyperopt, which RecBole lists as its 'hyperopt' extra. Fix: pip install "
-            "\"recbole[hyperopt]==1.2.1\" (hyperopt 0.2.5)."
-        ) from None
+    require_extra("hyperopt", "tune", "Tuning (RecBole's HyperTuning)")  # HyperTuning imports it lazily
+    from recbole.trainer.hyper_tuning import HyperTuning
+
     return HyperTuning
 
 
@@ -466,6 +461,8 @@ def _check_study(args: argparse.Namespace, overrides: dict[str, str], params: li
 def tune(argv: Sequence[str]) -> int:
     """Run the search described by the command line ``argv``; return the exit code."""
     args, overrides = parse_args(argv)
+    if args.engine == "hyperopt" or args.algo == "tpe":  # ray's tpe is hyperopt's too
+        require_extra("hyperopt", "tune", "Tuning with --engine=hyperopt or --algo=tpe")
     params = load_space(args.params_file)
     config_files = config_file_list(args.config_files, absolute=True)
     valid_metric, bigger = _check_study(args, overrides, params, config_files)

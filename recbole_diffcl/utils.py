@@ -98,6 +98,17 @@ def atomic_write(
         raise
 
 
+def require_extra(module: str, extra: str, needed_for: str) -> None:
+    """Import ``module``, an optional dependency; when missing, a UserError names the extra that installs it."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(
+            f"{needed_for} needs {module}, which is not installed ({exc}). Fix: pip install "
+            f"\"recbole_diffcl[{extra}]\" (in a checkout: pip install \".[{extra}]\")."
+        ) from None
+
+
 def is_number(value: Any) -> bool:
     """An int or float (not a bool): a numeric property value or YAML scalar."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
