@@ -1,6 +1,6 @@
 """Where a training step's time goes: per-step seconds, per-phase and per-operator profile.
 
-    python benchmarks/profile_step.py --dataset=amazon-sports --model=DiffCLRec --steps=30 \
+    python perf/profile_step.py --dataset=amazon-sports --model=DiffCLRec --steps=30 \
         [--length_bucketing=True] [--key=value ...]
 
 Builds the dataset, training batches and model exactly as the runner does (same property layering),

@@ -1,6 +1,6 @@
 """Seconds per training step of several configurations on one device, from one dataset load.
 
-    python benchmarks/step_speed.py --dataset=amazon-beauty [--steps=40] [--warmup=10] [--compile]
+    python perf/step_speed.py --dataset=amazon-beauty [--steps=40] [--warmup=10] [--compile]
 
 For each configuration (model + property overrides, listed in CONFIGS) it builds the model exactly as
 the runner does, runs ``--warmup`` + ``--steps`` optimiser steps on real training batches of the regime

@@ -21,7 +21,7 @@ recorded but never used to choose.
 
 Writes ``DIR/trials.csv`` (every trial, after each one) and ``DIR/best.yaml`` (the best trial's
 properties, ready for ``--config_files``). ``--engine=ray`` runs trials in parallel with Ray Tune
-(needs ``pip install "ray[tune]==2.6.3" "pyarrow<20"``; see docs/benchmarking.md).
+(needs ``pip install "ray[tune]==2.6.3" "pyarrow<20"``; see docs/benchmark.md).
 """
 from __future__ import annotations
 
