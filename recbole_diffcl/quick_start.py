@@ -143,7 +143,7 @@ def load_config(
     return model_class, config
 
 
-def _check_dataset(config: Config) -> None:
+def check_dataset(config: Config) -> None:
     """Fail fast (before logging or downloading) when the dataset's files are missing or malformed."""
     try:
         from recbole_diffcl.data.checks import check_dataset_files
@@ -285,7 +285,7 @@ def run(
     else:
         model_class, config = load_config(model or "DiffCLRec", dataset or "ml-100k", config_file_list, config_dict)
     check_output_paths(config, result_file)
-    _check_dataset(config)
+    check_dataset(config)
     check_rows_of_dataset(config)
 
     init_seed(config["seed"], config["reproducibility"])
@@ -373,7 +373,7 @@ def run_multiprocess(
             f"--nproc={torch.cuda.device_count()}, or --gpu_id='' to train on CPUs (gloo)."
         )
     check_output_paths(config, result_file)
-    _check_dataset(config)
+    check_dataset(config)
     check_rows_of_dataset(config)
     import torch.multiprocessing as mp
 
