@@ -24,31 +24,29 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import shlex
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-from recbole_diffcl.cli import parse_property_overrides
+from recbole_diffcl.cli import config_file_list, parse_property_overrides
 from recbole_diffcl.errors import UserError, exit_code_of
-from recbole_diffcl.evaluation import (
+from recbole_diffcl.report import (
     DEFAULT_LENGTH_GROUPS,
-    LengthGroup,
-    group_metrics,
+    build_rows,
     parse_length_groups,
-    read_rankings,
-    topk_from_result_keys,
+    write_csv,
+    write_plot,
+    write_summary,
 )
+from recbole_diffcl.runs import RunSpec, duration, execute, load_finished, run_command, tail, user_error_message
+from recbole_diffcl.utils import get_model, require_extra
 
 #: Properties the benchmark sets for each run itself.
 RESERVED = {"model", "dataset", "seed", "result_file", "user_rankings_file", "config_files"}
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,114 +143,6 @@ def _parse_seeds(text: str) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class RunSpec:
-    model: str  # the configuration's label (the model name unless labelled)
-    seed: int
-    runs_dir: Path
-    model_class: str = ""  # the model the runner trains (default: ``model``)
-    config_files: tuple[str, ...] = ()  # the configuration's own property files
-
-    def __post_init__(self):
-        self.model_class = self.model_class or self.model
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}-{self.seed}"
-
-    @property
-    def result_file(self) -> Path:
-        return self.runs_dir / f"{self.name}.json"
-
-    @property
-    def rankings_file(self) -> Path:
-        return self.runs_dir / f"{self.name}.users.csv"
-
-    @property
-    def log_file(self) -> Path:
-        return self.runs_dir / f"{self.name}.log"
-
-
-def load_finished(spec: RunSpec, dataset: str) -> Optional[dict[str, Any]]:
-    """The run's result if it finished (complete result file and rankings), else None."""
-    try:
-        result = json.loads(spec.result_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    complete = (
-        isinstance(result, dict)
-        and result.get("model") == spec.model_class
-        and result.get("seed") == spec.seed
-        and result.get("dataset") == dataset
-        and bool(result.get("test_result"))
-        and spec.rankings_file.is_file()
-    )
-    return result if complete else None
-
-
-def run_command(spec: RunSpec, dataset: str, config_files: list[str], overrides: dict[str, str]) -> list[str]:
-    """The runner's command line for one run (the same code path as run_recbole_diffcl.py)."""
-    cmd = [sys.executable, "-m", "recbole_diffcl", f"--model={spec.model_class}", f"--dataset={dataset}"]
-    files = [*config_files, *spec.config_files]
-    if files:
-        cmd.append("--config_files=" + " ".join(files))
-    cmd += [f"--{k}={v}" for k, v in overrides.items()]
-    cmd += [f"--seed={spec.seed}", f"--result_file={spec.result_file}", f"--user_rankings_file={spec.rankings_file}"]
-    return cmd
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a run: this one, with the plugin importable from any working directory."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = None) -> int:
-    """Run ``cmd``, its output into ``log_file`` (and the console when verbose); return the exit code."""
-    with open(log_file, "w", encoding="utf-8") as log:
-        log.write("$ " + shlex.join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=cwd
-        )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                if verbose:
-                    sys.stdout.write(line)
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "".join(path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-lines:])
-    except OSError:
-        return ""
-
-
-def user_error_message(log_file: Path) -> str:
-    for line in reversed(tail(log_file, 40).splitlines()):
-        if line.startswith("error: "):
-            return line[len("error: "):]
-    return f"the run stopped on a user error; see {log_file}"
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 def _file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
@@ -349,313 +239,6 @@ def run_all(
 
 
 # --------------------------------------------------------------------------------------------------
-# Tables, tests and plot
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class Table:
-    """Results of all finished runs, the metric names and the per-group columns."""
-
-    rows: list[dict[str, Any]]
-    metrics: list[str]  # test metric keys, e.g. ['hit@5', ..., 'mrr@20']
-    groups: list[str] = field(default_factory=list)
-    group_labels: dict[str, str] = field(default_factory=dict)
-    valid_metric: str = "NDCG@10"
-
-
-def build_rows(specs: list[RunSpec], results: dict[str, dict], groups: list[LengthGroup]) -> Table:
-    """One row per finished run: model, seed, test metrics, metrics per length group, valid metrics, cost."""
-    rows: list[dict[str, Any]] = []
-    metrics: list[str] = []
-    group_names: list[str] = []
-    valid_metric = "NDCG@10"
-    for spec in specs:
-        result = results.get(spec.name)
-        if result is None:
-            continue
-        test = result["test_result"]
-        valid_metric = (result.get("properties") or {}).get("valid_metric") or valid_metric
-        metrics += [k for k in test if k not in metrics]
-        names, topk = topk_from_result_keys(list(test))
-        per_group = group_metrics(read_rankings(str(spec.rankings_file)), groups, names, topk)
-        group_names += [g for g in per_group if g not in group_names]
-        epoch_seconds = result.get("seconds_per_epoch") or []
-        row: dict[str, Any] = {"model": spec.model, "model_class": spec.model_class, "seed": spec.seed, **test}
-        for g, values in per_group.items():
-            row[f"{g}_users"] = values["users"]
-            row.update({f"{g}_{k}": v for k, v in values.items() if k != "users"})
-        row.update({f"valid_{k}": v for k, v in (result.get("best_valid_result") or {}).items()})
-        row.update(
-            {
-                "epochs": result.get("epochs_run"),
-                "seconds_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 3) if epoch_seconds else None,
-                "test_eval_seconds": result.get("test_eval_seconds"),
-                "wall_seconds": result.get("wall_seconds"),
-                "peak_rss_mb": result.get("peak_rss_mb"),
-                "exclude_history": bool((result.get("properties") or {}).get("exclude_history", False)),
-            }
-        )
-        rows.append(row)
-    labels = {g.name: g.describe() for g in groups}
-    labels["other"] = "in no group"
-    return Table(rows, metrics, group_names, labels, str(valid_metric))
-
-
-def write_csv(table: Table, path: Path) -> None:
-    import pandas as pd
-
-    frame = pd.DataFrame(table.rows)
-    frame.to_csv(path, index=False)
-
-
-def _values(table: Table, model: str, column: str) -> dict[int, float]:
-    return {
-        r["seed"]: float(r[column])
-        for r in table.rows
-        if r["model"] == model and r.get(column) is not None and not _isnan(r.get(column))
-    }
-
-
-def _isnan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
-    """Mean and sample standard deviation (ddof = 1; None for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
-def paired_test(reference: dict[int, float], baseline: dict[int, float]) -> dict[str, Any]:
-    """Two-sided paired t-test (scipy.stats.ttest_rel) over the seeds both models finished.
-
-    p is 1 when the models tie on every seed; None with fewer than two seeds or when the difference is
-    the same non-zero value on every seed (the t statistic is then undefined).
-    """
-    from scipy import stats
-
-    seeds = sorted(set(reference) & set(baseline))
-    diffs = [round(reference[s] - baseline[s], 10) for s in seeds]  # metrics are rounded: drop float noise
-    out: dict[str, Any] = {"n": len(seeds), "diff": (sum(diffs) / len(diffs)) if diffs else None, "p": None}
-    if len(seeds) < 2:
-        out["note"] = "needs 2 or more seeds"
-    elif all(d == 0 for d in diffs):
-        out["p"] = 1.0
-    elif len(set(diffs)) == 1:
-        out["note"] = "same difference on every seed"
-    else:
-        out["p"] = float(stats.ttest_rel([reference[s] for s in seeds], [baseline[s] for s in seeds]).pvalue)
-    return out
-
-
-_METRIC_NAMES = {"hit": "Hit", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall", "precision": "Precision", "map": "MAP"}
-
-
-def metric_label(key: str) -> str:
-    """``ndcg@10`` -> ``NDCG@10`` (RecBole's result keys are lower case)."""
-    name, sep, k = key.partition("@")
-    return _METRIC_NAMES.get(name, name) + sep + k
-
-
-def _fmt(mean: float, std: Optional[float]) -> str:
-    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
-
-
-def _metric_table(table: Table, models: list[str], columns: list[tuple[str, str]], bold_best: bool = True) -> list[str]:
-    """Markdown rows: one per model, cells mean ± std over seeds; the highest mean per column in bold."""
-    stats: dict[tuple[str, str], tuple[float, Optional[float]]] = {}
-    for model in models:
-        for column, _ in columns:
-            values = list(_values(table, model, column).values())
-            if values:
-                stats[model, column] = mean_std(values)
-    best = {}
-    for column, _ in columns:
-        means = [stats[m, column][0] for m in models if (m, column) in stats]
-        best[column] = max(means) if means else None
-    lines = ["| model | seeds | " + " | ".join(label for _, label in columns) + " |"]
-    lines.append("|---|---:|" + "---:|" * len(columns))
-    for model in models:
-        seeds = len({r["seed"] for r in table.rows if r["model"] == model})
-        if not seeds:
-            continue
-        cells = []
-        for column, _ in columns:
-            if (model, column) not in stats:
-                cells.append("–")
-                continue
-            mean, std = stats[model, column]
-            text = _fmt(mean, std)
-            cells.append(f"**{text}**" if bold_best and best[column] is not None and mean == best[column] else text)
-        lines.append(f"| {model} | {seeds} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _cost_table(table: Table, models: list[str]) -> list[str]:
-    columns = [("epochs", "epochs"), ("seconds_per_epoch", "s / epoch"), ("peak_rss_mb", "peak RSS (MiB)")]
-    lines = ["| model | " + " | ".join(label for _, label in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for model in models:
-        cells = []
-        for column, _ in columns:
-            values = list(_values(table, model, column).values())
-            if not values:
-                cells.append("–")
-                continue
-            mean, std = mean_std(values)
-            cells.append(f"{mean:.1f} ± {std:.1f}" if std is not None else f"{mean:.1f}")
-        if any(c != "–" for c in cells):
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def paired_tests(table: Table, models: list[str], reference: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{baseline: {metric: paired_test(...)}}`` for the reference model against every other model."""
-    tests: dict[str, dict[str, dict[str, Any]]] = {}
-    if reference not in models:
-        return tests
-    for baseline in models:
-        if baseline == reference:
-            continue
-        tests[baseline] = {
-            m: paired_test(_values(table, reference, m), _values(table, baseline, m)) for m in table.metrics
-        }
-    return tests
-
-
-def write_summary(
-    table: Table,
-    path: Path,
-    *,
-    dataset: str,
-    models: list[str],
-    seeds: list[int],
-    reference: str,
-    failed: list[RunSpec],
-    command: str,
-    png_name: Optional[str],
-    configurations: Optional[dict[str, tuple[str, tuple[str, ...]]]] = None,
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Write summary.md; return the paired tests (also in the file)."""
-    flags = {r["exclude_history"] for r in table.rows}
-    if flags == {True}:
-        protocol = ("**excluded**: every item of the user's history is dropped from the ranking (never the target), "
-                    "as S3-Rec-family code and RecTools do (`exclude_history: True`)")
-    elif flags == {False}:
-        protocol = ("**kept**: items the user already interacted with stay among the candidates, RecBole's sequential "
-                    "full ranking (`exclude_history: False`)")
-    else:
-        protocol = "**mixed**: some runs used `exclude_history: True`, others `False`; do not compare them"
-    label = {m: metric_label(m) for m in table.metrics}
-    lines = [
-        f"# Benchmark on {dataset}",
-        "",
-        f"- Date: {datetime.now().strftime('%Y-%m-%d %H:%M')}; command: `{command}`",
-        f"- Models: {', '.join(models)}; seeds: {', '.join(map(str, seeds))}; finished runs: {len(table.rows)} of "
-        f"{len(models) * len(seeds)}" + (f"; **failed**: {', '.join(s.name for s in failed)}" if failed else ""),
-        *[f"- `{label_}` = {model} with {', '.join(f'`{os.path.relpath(f)}`' for f in files)}"
-          for label_, (model, files) in (configurations or {}).items() if files or label_ != model],
-        "- Protocol: leave-one-out by time, full ranking over all items, model selection on validation "
-        f"{table.valid_metric}, test at the selected epoch (each run's properties: `runs/<model>-<seed>.json`).",
-        f"- History items in the ranking: {protocol}.",
-        "- Cells: mean ± sample standard deviation (ddof = 1) over seeds; the best mean per column in bold.",
-        "",
-        "## Test metrics",
-        "",
-        *_metric_table(table, models, [(m, label[m]) for m in table.metrics]),
-        "",
-        "## Cost",
-        "",
-        *_cost_table(table, models),
-        "",
-    ]
-    tests = paired_tests(table, models, reference)
-    if tests:
-        lines += [
-            f"## {reference} against each baseline",
-            "",
-            f"Two-sided paired t-test over seeds (`scipy.stats.ttest_rel`) of the per-seed test values; "
-            f"Δ = mean of ({reference} − baseline). p = 1 where the two models tie on every seed; n/a with fewer "
-            f"than two common seeds or the same difference on every seed.",
-            "",
-            "| baseline | " + " | ".join(label[m] for m in table.metrics) + " |",
-            "|---|" + "---|" * len(table.metrics),
-        ]
-        for baseline, per_metric in tests.items():
-            cells = []
-            for m in table.metrics:
-                t = per_metric[m]
-                if t["diff"] is None:
-                    cells.append("–")
-                    continue
-                p = f"p = {t['p']:.3g}" if t["p"] is not None else "p n/a"
-                cells.append(f"Δ {t['diff']:+.4f}, {p}")
-            lines.append(f"| {baseline} | " + " | ".join(cells) + " |")
-        lines.append("")
-    elif reference not in models:
-        lines += [f"(No paired tests: the reference model {reference} is not among --models.)", ""]
-    if table.groups:
-        lines += [
-            "## By sequence length",
-            "",
-            "Users grouped by the number of their interactions over the whole sequence (train + valid + test); "
-            "the same metrics, computed with RecBole's metric classes on each run's per-user test rankings "
-            "(`runs/<model>-<seed>.users.csv`).",
-            "",
-        ]
-        first = table.rows[0]
-        for g in table.groups:
-            users = first.get(f"{g}_users", 0)
-            lines += [f"### {g} ({table.group_labels.get(g, '')} interactions): {users} test users", ""]
-            if not users:
-                lines += ["(no users in this group)", ""]
-                continue
-            lines += [*_metric_table(table, models, [(f"{g}_{m}", label[m]) for m in table.metrics]), ""]
-    if png_name:
-        lines += [f"![NDCG@10, Hit@10 and seconds per epoch]({png_name})", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return tests
-
-
-def _plot_metric(table: Table, prefix: str) -> Optional[str]:
-    preferred = f"{prefix}@10"
-    if preferred in table.metrics:
-        return preferred
-    return next((m for m in table.metrics if m.startswith(prefix + "@")), None)
-
-
-def write_plot(table: Table, models: list[str], path: Path, title: str) -> bool:
-    """Bar charts with error bars (standard deviation over seeds): NDCG@10, Hit@10, seconds per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    present = [m for m in models if any(r["model"] == m for r in table.rows)]
-    panels = [(c, metric_label(c)) for c in (_plot_metric(table, "ndcg"), _plot_metric(table, "hit")) if c]
-    panels.append(("seconds_per_epoch", "seconds per training epoch"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
-    for ax, (column, label) in zip(axes, panels):
-        means, stds = [], []
-        for model in present:
-            values = list(_values(table, model, column).values())
-            mean, std = mean_std(values) if values else (0.0, None)
-            means.append(mean)
-            stds.append(std or 0.0)
-        ax.bar(range(len(present)), means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(present))])
-        ax.set_xticks(range(len(present)))
-        ax.set_xticklabels(present, rotation=30, ha="right")
-        ax.set_title(label)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-# --------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------
 def benchmark(argv: Sequence[str]) -> int:
@@ -665,11 +248,11 @@ def benchmark(argv: Sequence[str]) -> int:
     models = [e.label for e in entries]
     seeds = _parse_seeds(args.seeds)
     groups = parse_length_groups(args.length_groups)
-    config_files = [os.path.abspath(f) for f in (args.config_files.split() if args.config_files else [])]
+    config_files = config_file_list(args.config_files, absolute=True)
 
+    require_extra("matplotlib", "plot", "The benchmark's plot (summary.png)")  # before hours of runs
     # Check every model's properties here, before hours of runs, with the runner's own checks.
     from recbole_diffcl.quick_start import load_config
-    from recbole_diffcl.utils import get_model
 
     for entry in entries:
         get_model(entry.model, option="--models")  # an unknown name is reported against --models

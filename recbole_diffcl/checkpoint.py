@@ -136,7 +136,7 @@ def config_from_checkpoint(checkpoint: dict, overrides: Optional[dict[str, Any]]
 
 def require_dataset_files(config, path: str) -> None:
     """A :class:`UserError` naming the checkpoint when its dataset's files are not where the config says."""
-    from recbole_diffcl.quick_start import _check_dataset
+    from recbole_diffcl.quick_start import check_dataset
 
     data_dir = str(config["data_path"])
     name = config["dataset"]
@@ -148,7 +148,7 @@ def require_dataset_files(config, path: str) -> None:
             f"{{'data_path': DIR}}) or --data_path=DIR), or prepare the dataset again "
             f"(python -m recbole_diffcl.prepare {name} --source FILE)."
         )
-    _check_dataset(config)
+    check_dataset(config)
 
 
 def load_data_and_model(checkpoint_file: str, config_dict: Optional[dict[str, Any]] = None):

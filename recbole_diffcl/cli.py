@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Iterable
+from typing import Iterable, Optional
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
@@ -52,6 +53,13 @@ def parse_property_overrides(
     return overrides
 
 
+def config_file_list(text: Optional[str], absolute: bool = False) -> list[str]:
+    """The files of a ``--config_files`` value (space separated, RecBole's convention); with ``absolute``
+    as absolute paths (for runs started in other folders)."""
+    files = text.split() if text else []
+    return [os.path.abspath(f) for f in files] if absolute else files
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     from recbole_diffcl.errors import exit_code_of
@@ -61,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = dict(
             model=args.model,
             dataset=args.dataset,
-            config_file_list=args.config_files.split() if args.config_files else None,
+            config_file_list=config_file_list(args.config_files) or None,
             config_dict=overrides,
             result_file=args.result_file,
             verbose=args.verbose,
@@ -74,10 +82,6 @@ def main(argv: list[str] | None = None) -> int:
             run(**kwargs)
         return 0
 
-    try:
-        return exit_code_of(train)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return exit_code_of(train, interrupted="interrupted")
 
 

@@ -1,4 +1,4 @@
-"""Evaluation options on top of RecBole's full-ranking evaluation, and metrics by user group.
+"""Evaluation options on top of RecBole's full-ranking evaluation (the trainer's side).
 
 Two properties change or extend what the trainer's full-sort evaluation does:
 
@@ -14,31 +14,25 @@ Two properties change or extend what the trainer's full-sort evaluation does:
   (0 when outside). The top-k position is taken from exactly the ``torch.topk`` call RecBole's
   ``Collector`` makes, so metrics recomputed from the file equal RecBole's test result.
 
-:func:`group_metrics` recomputes RecBole's top-k metrics (its own metric classes) for users grouped
-by sequence length (:func:`parse_length_groups`), from such a file.
+:func:`recbole_diffcl.report.group_metrics` recomputes RecBole's top-k metrics for users grouped by
+sequence length from such a file.
 """
 from __future__ import annotations
 
 import csv
-import os
-import re
-from dataclasses import dataclass
 from logging import getLogger
-from typing import Any, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recbole_diffcl.errors import UserError
+from recbole_diffcl.utils import atomic_write
 
 RANKING_COLUMNS = ["user_id", "seq_len", "target_item", "rank", "topk_position"]
 
 
-# --------------------------------------------------------------------------------------------------
-# Trainer side: masking of the history and recording of the test rankings
-# --------------------------------------------------------------------------------------------------
-def _split_items(split_dataset, n_users: int, n_items: int) -> sp.csr_matrix:
+def split_items(split_dataset, n_users: int, n_items: int) -> sp.csr_matrix:
     """Users x items matrix of every item a split's rows show: targets plus the input of each user's first row.
 
     Rows of a user are in time order inside a split (RecBole orders by time before splitting), so the
@@ -89,11 +83,11 @@ class EvaluationOptionsMixin:
         ) + 1
         self._histories = []  # (loader, users x items matrix of items before that loader's targets)
         if self.config["exclude_history"]:
-            seen = _split_items(dataset, n_users, n_items)
+            seen = split_items(dataset, n_users, n_items)
             for loader in (valid_data, test_data):
                 if loader:
                     self._histories.append((loader, seen))
-                    seen = (seen + _split_items(loader._dataset, n_users, n_items)).astype(bool).astype(np.int8)
+                    seen = (seen + split_items(loader._dataset, n_users, n_items)).astype(bool).astype(np.int8)
         self._rankings_loader = test_data
         self._rankings_file = self.config["user_rankings_file"]
 
@@ -161,13 +155,10 @@ class EvaluationOptionsMixin:
         user_tokens = dataset.id2token(dataset.uid_field, uids)
         item_tokens = dataset.id2token(dataset.iid_field, items)
         path = self._rankings_file
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_write(path, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(RANKING_COLUMNS)
             writer.writerows(zip(user_tokens, lengths.tolist(), item_tokens, ranks.tolist(), positions.tolist()))
-        os.replace(tmp, path)
         getLogger().info(f"per-user test rankings: {path}")
 
 
@@ -176,148 +167,3 @@ def with_evaluation_options(trainer_class: type) -> type:
     if issubclass(trainer_class, EvaluationOptionsMixin):
         return trainer_class
     return type(trainer_class.__name__, (EvaluationOptionsMixin, trainer_class), {})
-
-
-# --------------------------------------------------------------------------------------------------
-# Analysis side: groups by sequence length and RecBole's metrics per group
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LengthGroup:
-    """Users whose whole-sequence length lies in [low, high] (``high`` None: no upper bound)."""
-
-    name: str
-    low: int
-    high: Optional[int]
-
-    def contains(self, lengths: np.ndarray) -> np.ndarray:
-        upper = np.inf if self.high is None else self.high
-        return (lengths >= self.low) & (lengths <= upper)
-
-    def describe(self) -> str:
-        if self.high is None:
-            return f">= {self.low}"
-        if self.low <= 1:
-            return f"<= {self.high}"
-        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
-
-
-#: short <= 5 (= 5 on 5-core data), mid 6-8, long >= 9 interactions over the whole sequence.
-DEFAULT_LENGTH_GROUPS = "short=-5,mid=6-8,long=9-"
-
-_GROUP_SPEC = re.compile(r"^(?:(?P<name>[A-Za-z_][\w]*)=)?(?P<low>\d*)(?P<dash>-?)(?P<high>\d*)$")
-
-
-def parse_length_groups(spec: str) -> list[LengthGroup]:
-    """Parse ``[name=]range`` items separated by commas: ``5`` (exactly), ``6-8``, ``9-`` (and more), ``-5`` (up to).
-
-    Unnamed groups are called ``len<range>``, e.g. ``len6-8``. Groups must not overlap.
-    """
-    groups: list[LengthGroup] = []
-    for item in (part.strip() for part in spec.split(",")):
-        match = _GROUP_SPEC.match(item)
-        if not item or not match or not (match["low"] or match["high"]):
-            raise UserError(
-                f"Invalid length group '{item}' in --length_groups={spec}. Fix: give comma-separated ranges of "
-                f"interactions per user, optionally named, e.g. --length_groups={DEFAULT_LENGTH_GROUPS} "
-                f"('5' exactly 5, '6-8', '9-' 9 or more, '-5' up to 5)."
-            )
-        low = int(match["low"]) if match["low"] else 1
-        high = int(match["high"]) if match["high"] else (None if match["dash"] else low)
-        if high is not None and high < low:
-            raise UserError(f"Length group '{item}' is empty ({low} > {high}). Fix: write the range as low-high.")
-        name = match["name"] or "len" + (item if match["high"] or not match["dash"] else item.rstrip("-") + "+")
-        groups.append(LengthGroup(name, low, high))
-    names = [g.name for g in groups]
-    if len(set(names)) != len(names):
-        raise UserError(f"Length group names repeat in --length_groups={spec}. Fix: give each group its own name.")
-    for i, a in enumerate(groups):
-        for b in groups[i + 1:]:
-            a_high = np.inf if a.high is None else a.high
-            b_high = np.inf if b.high is None else b.high
-            if a.low <= b_high and b.low <= a_high:
-                raise UserError(
-                    f"Length groups '{a.name}' and '{b.name}' overlap in --length_groups={spec}. Fix: make the "
-                    f"ranges disjoint, e.g. {DEFAULT_LENGTH_GROUPS}."
-                )
-    return groups
-
-
-def read_rankings(path: str) -> dict[str, np.ndarray]:
-    """Columns of a ``user_rankings_file`` as arrays (``user_id`` and ``target_item`` as strings)."""
-    import pandas as pd
-
-    frame = pd.read_csv(path, dtype={"user_id": str, "target_item": str})
-    missing = set(RANKING_COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{path} lacks the columns {sorted(missing)}")
-    return {c: frame[c].to_numpy() for c in RANKING_COLUMNS}
-
-
-def topk_from_result_keys(keys: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Metric names and cut-offs of a RecBole result (keys like ``ndcg@10``), in their order."""
-    metrics: list[str] = []
-    topk: list[int] = []
-    for key in keys:
-        name, _, k = key.partition("@")
-        if k.isdigit():
-            metrics += [name] if name not in metrics else []
-            topk += [int(k)] if int(k) not in topk else []
-    return metrics, sorted(topk)
-
-
-def ranking_metrics(
-    topk_position: np.ndarray, metrics: Sequence[str], topk: Sequence[int], decimal_place: int = 4
-) -> dict[str, float]:
-    """RecBole's top-k metrics (its own classes) for users with one target each, from the target's top-k position.
-
-    ``topk_position`` is 1-based (0: not in the top ``max(topk)``). Metrics that are not top-k metrics
-    (e.g. AUC, item coverage) are skipped: they need more than the target's position.
-    """
-    from recbole.config import Config
-    from recbole.evaluator.base_metric import TopkMetric
-    from recbole.evaluator.collector import DataStruct
-    from recbole.evaluator.register import metrics_dict
-
-    # RecBole's metric classes use numpy aliases (np.float) that numpy >= 1.24 removed; RecBole's Config
-    # restores them when it is built. Analysis builds no Config, so apply RecBole's own settings here.
-    Config.compatibility_settings(None)
-
-    max_k = max(topk)
-    n = len(topk_position)
-    pos_index = np.zeros((n, max_k + 1), dtype=np.int64)  # RecBole's 'rec.topk': top-k hits, then pos_len
-    hit_rows = np.nonzero((topk_position >= 1) & (topk_position <= max_k))[0]
-    pos_index[hit_rows, topk_position[hit_rows] - 1] = 1
-    pos_index[:, max_k] = 1  # one target per user (sequential next-item evaluation)
-    struct = DataStruct()
-    struct.set("rec.topk", torch.from_numpy(pos_index))
-    metric_config = {"topk": list(topk), "metric_decimal_place": decimal_place}
-    result: dict[str, float] = {}
-    for name in metrics:
-        metric_class = metrics_dict.get(name.lower())
-        if metric_class is None or not issubclass(metric_class, TopkMetric) or n == 0:
-            continue
-        result.update(metric_class(metric_config).calculate_metric(struct))
-    return {k: float(v) for k, v in result.items()}
-
-
-def group_metrics(
-    rankings: dict[str, np.ndarray],
-    groups: Sequence[LengthGroup],
-    metrics: Sequence[str],
-    topk: Sequence[int],
-    decimal_place: int = 4,
-) -> dict[str, dict[str, Any]]:
-    """Per group: ``users`` (count) and RecBole's top-k metrics over the group's users.
-
-    Users outside every group are reported as group ``other`` (only when there are some), so the
-    counts always add up to the number of test users.
-    """
-    lengths, positions = rankings["seq_len"], rankings["topk_position"]
-    masks = {group.name: group.contains(lengths) for group in groups}
-    assigned = np.logical_or.reduce(list(masks.values())) if masks else np.zeros(len(lengths), dtype=bool)
-    if not assigned.all():
-        masks["other"] = ~assigned
-    return {
-        name: {"users": int(mask.sum()), **ranking_metrics(positions[mask], metrics, topk, decimal_place)}
-        for name, mask in masks.items()
-    }

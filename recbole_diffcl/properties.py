@@ -8,16 +8,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from recbole_diffcl.errors import UserError
+from recbole_diffcl.utils import is_number as _is_number  # the checks below read it by this short name
 
 Check = tuple[Callable[[Any], bool], str]  # (predicate on the value, what a valid value is)
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def positive_int() -> Check:

@@ -18,8 +18,8 @@ import yaml
 from recbole.config import Config
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_diffcl import report
-from recbole_diffcl.dataloader import bucketed_train_data, whole_sequence_train_data
+from recbole_diffcl import console
+from recbole_diffcl.data.dataloader import bucketed_train_data, whole_sequence_train_data
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.evaluation import with_evaluation_options
 from recbole_diffcl.preflight import (
@@ -36,7 +36,7 @@ from recbole_diffcl.preflight import (
 from recbole_diffcl.properties import validate_properties
 from recbole_diffcl.resume import resumable, resumed_config
 from recbole_diffcl.trainer import get_trainer, plain
-from recbole_diffcl.utils import get_model, props_dir
+from recbole_diffcl.utils import atomic_write, get_model, props_dir
 
 
 # RecBole 1.2.1 fills missing values with pandas' chained inplace fillna, which pandas 2.2 flags with
@@ -143,10 +143,10 @@ def load_config(
     return model_class, config
 
 
-def _check_dataset(config: Config) -> None:
+def check_dataset(config: Config) -> None:
     """Fail fast (before logging or downloading) when the dataset's files are missing or malformed."""
     try:
-        from recbole_diffcl.datasets import check_dataset_files
+        from recbole_diffcl.data.checks import check_dataset_files
     except ImportError:  # pragma: no cover - the data module ships with the package
         inter = os.path.join(config["data_path"], f"{config['dataset']}.inter")
         if not os.path.isfile(inter):
@@ -163,19 +163,10 @@ def peak_rss_mb() -> float:
 
 
 def _write_json_atomically(path: str, payload: dict) -> None:
-    """Standard JSON (no Infinity / NaN), written to a temporary file and renamed; no temporary file is
+    """Standard JSON (no Infinity / NaN), written all at once (:func:`atomic_write`); no temporary file is
     left behind when writing fails (the OSError is raised)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(finite(payload), f, indent=2, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp) and not os.path.isdir(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        json.dump(finite(payload), f, indent=2, allow_nan=False)
 
 
 def _save_result(result_file: str, summary: dict, log_file: Optional[str]) -> str:
@@ -187,7 +178,7 @@ def _save_result(result_file: str, summary: dict, log_file: Optional[str]) -> st
     except OSError as exc:
         fallback = (os.path.splitext(log_file)[0] if log_file else os.path.abspath("recbole_diffcl-result")) + ".json"
         _write_json_atomically(fallback, summary)
-        raise report.RunOutputError(
+        raise console.RunOutputError(
             f"The run finished but --result_file={result_file} could not be written ({exc.strerror or exc}). "
             f"The result was saved to {fallback} instead. Fix: free space or choose a writable path next time; "
             f"copy {fallback} where you need it."
@@ -215,14 +206,14 @@ def _train_and_evaluate(
     model on the console (they always go to the log file)."""
     logger = getLogger()
     data, train_data, valid_data, test_data = build_data(config, prepared)
-    with report.console_quiet(not verbose):
+    with console.console_quiet(not verbose):
         logger.info(sys.argv)
         logger.info(config)
         logger.info(data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = model_class(config, train_data._dataset).to(config["device"])
-    with report.console_quiet(not verbose):
+    with console.console_quiet(not verbose):
         logger.info(net)
 
     trainer_class = with_evaluation_options(get_trainer(config["MODEL_TYPE"], config["model"], model_class))
@@ -236,8 +227,8 @@ def _train_and_evaluate(
     test_start = time()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_eval_seconds = time() - test_start
-    logger.info(set_color("best valid ", "yellow") + f": {report.metrics_line(best_valid_result)}")
-    logger.info(set_color("test result", "yellow") + f": {report.metrics_line(test_result)}")
+    logger.info(set_color("best valid ", "yellow") + f": {console.metrics_line(best_valid_result)}")
+    logger.info(set_color("test result", "yellow") + f": {console.metrics_line(test_result)}")
     return {
         "model": config["model"],
         "dataset": config["dataset"],
@@ -294,17 +285,17 @@ def run(
     else:
         model_class, config = load_config(model or "DiffCLRec", dataset or "ml-100k", config_file_list, config_dict)
     check_output_paths(config, result_file)
-    _check_dataset(config)
+    check_dataset(config)
     check_rows_of_dataset(config)
 
     init_seed(config["seed"], config["reproducibility"])
     prepared = load_checked_data(config)  # before the log file: a dataset too short to split writes nothing
     lead = config["local_rank"] + (config["offset"] or 0) == 0  # the process that reports (all, when single)
     if lead:
-        print(report.header(config, prepared[0]), flush=True)
+        print(console.header(config, prepared[0]), flush=True)
     handlers_before = list(logging.getLogger().handlers)
     init_logger(config)
-    log_file = report.log_file(set(logging.getLogger().handlers) - set(handlers_before))
+    log_file = console.log_file(set(logging.getLogger().handlers) - set(handlers_before))
     try:
         summary = _train_and_evaluate(model_class, config, saved, prepared, verbose, resume_file)
     finally:
@@ -325,7 +316,7 @@ def run(
         return summary
     if result_file:
         _save_result(result_file, summary, log_file)
-    print(report.final_table(summary, result_file), flush=True)
+    print(console.final_table(summary, result_file), flush=True)
     return summary
 
 
@@ -382,7 +373,7 @@ def run_multiprocess(
             f"--nproc={torch.cuda.device_count()}, or --gpu_id='' to train on CPUs (gloo)."
         )
     check_output_paths(config, result_file)
-    _check_dataset(config)
+    check_dataset(config)
     check_rows_of_dataset(config)
     import torch.multiprocessing as mp
 

@@ -31,6 +31,7 @@ import torch
 from recbole.data.interaction import Interaction
 
 from recbole_diffcl.errors import UserError
+from recbole_diffcl.utils import atomic_write
 
 COLUMNS = ["user", "rank", "item", "score"]
 SEQUENCE_USER = "sequence"
@@ -138,11 +139,11 @@ class Recommender:
         return seq, length + 1
 
     def _histories(self, uids: np.ndarray, with_test: bool) -> list[np.ndarray]:
-        from recbole_diffcl.evaluation import _split_items
+        from recbole_diffcl.evaluation import split_items
 
         n_users, n_items = self.dataset.user_num, self.dataset.item_num
         splits = [d for d in (self.splits if with_test else self.splits[:2]) if d]
-        seen = sum(_split_items(d._dataset, n_users, n_items) for d in splits).tocsr()
+        seen = sum(split_items(d._dataset, n_users, n_items) for d in splits).tocsr()
         return [seen[int(u)].indices for u in uids]
 
     # --------------------------------------------------------------------------------------- scoring
@@ -212,11 +213,8 @@ def write_csv(rows: Iterable[tuple], out: Optional[str]) -> None:
     if not out:
         sys.stdout.write(buffer.getvalue())
         return
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_write(out, newline="") as f:
         f.write(buffer.getvalue())
-    os.replace(tmp, out)
 
 
 def read_users_file(path: str) -> list[str]:

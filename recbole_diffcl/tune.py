@@ -21,7 +21,7 @@ recorded but never used to choose.
 
 Writes ``DIR/trials.csv`` (every trial, after each one) and ``DIR/best.yaml`` (the best trial's
 properties, ready for ``--config_files``). ``--engine=ray`` runs trials in parallel with Ray Tune
-(needs ``pip install "ray[tune]==2.6.3" "pyarrow<20"``; see docs/benchmarking.md).
+(needs ``pip install "ray[tune]==2.6.3" "pyarrow<20"``; see docs/benchmark.md).
 """
 from __future__ import annotations
 
@@ -40,9 +40,10 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import yaml
 
-from recbole_diffcl.benchmark import PACKAGE_PARENT, duration, execute, user_error_message
-from recbole_diffcl.cli import parse_property_overrides
+from recbole_diffcl.cli import config_file_list, parse_property_overrides
 from recbole_diffcl.errors import UserError, exit_code_of
+from recbole_diffcl.runs import duration, execute, mean_epoch_seconds, python_path, read_result, runner_command, user_error_message
+from recbole_diffcl.utils import atomic_write, is_number, require_extra
 
 ALGOS = {"grid": "exhaustive", "random": "random", "tpe": "bayes"}  # ours -> RecBole HyperTuning's names
 KINDS = ("choice", "uniform", "loguniform", "quniform")
@@ -111,13 +112,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def load_space(path: str) -> list[Param]:
     """Read and check a search-space YAML file (see the module docstring for its format)."""
-    example = "learning_rate: {loguniform: [0.0001, 0.01]}, hidden_size: {choice: [32, 64]}"
     if not os.path.isfile(path):
         raise UserError(f"Search-space file '{path}' does not exist. Fix: check --params_file.")
     try:
@@ -147,12 +143,12 @@ def load_space_from_dict(raw: Any, path: str = "the search space") -> list[Param
             if not isinstance(values, list) or not values:
                 bad = "a non-empty list of values"
         elif kind in ("uniform", "loguniform"):
-            if not (isinstance(values, list) and len(values) == 2 and all(map(_is_number, values))
+            if not (isinstance(values, list) and len(values) == 2 and all(map(is_number, values))
                     and values[0] < values[1]):
                 bad = "[low, high] with low < high"
             elif kind == "loguniform" and values[0] <= 0:
                 bad = "[low, high] with 0 < low < high"
-        elif not (isinstance(values, list) and len(values) == 3 and all(map(_is_number, values))
+        elif not (isinstance(values, list) and len(values) == 3 and all(map(is_number, values))
                   and values[0] < values[1] and values[2] > 0):
             bad = "[low, high, step] with low < high and step > 0"
         if bad:
@@ -197,32 +193,24 @@ def run_trial(study: Study, name: str, values: dict[str, Any]) -> dict[str, Any]
     log_file = study.trials_dir / f"{name}.log"
     props_file.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
     result_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "recbole_diffcl", f"--model={study.model}", f"--dataset={study.dataset}",
-           "--config_files=" + " ".join([*study.config_files, str(props_file)])]
-    cmd += [f"--{k}={v}" for k, v in study.overrides.items()]
-    cmd.append(f"--result_file={result_file}")
+    cmd = runner_command(study.model, study.dataset, [*study.config_files, str(props_file)], study.overrides,
+                         f"--result_file={result_file}")
     start = time.time()
     code = execute(cmd, log_file, study.verbose, cwd=study.cwd)
     row: dict[str, Any] = {"trial": name, "status": "ok", **values}
     if code == UserError.exit_code:
         raise UserError(f"trial {name} ({values}): {user_error_message(log_file)}")
-    try:
-        import json
-
-        result = json.loads(result_file.read_text(encoding="utf-8")) if code == 0 else None
-    except (OSError, ValueError):
-        result = None
+    result = read_result(result_file) if code == 0 else None
     if result is None:
         row.update(status=f"failed (exit code {code})", score=None, seconds=round(time.time() - start, 1),
                    log_file=str(log_file))
         return row
-    epoch_seconds = result.get("seconds_per_epoch") or []
     row["score"] = result["best_valid_score"]
     row.update({f"valid_{k}": v for k, v in (result.get("best_valid_result") or {}).items()})
     row.update({f"test_{k}": v for k, v in (result.get("test_result") or {}).items()})
     row.update(
         epochs=result.get("epochs_run"),
-        seconds_per_epoch=round(sum(epoch_seconds) / len(epoch_seconds), 3) if epoch_seconds else None,
+        seconds_per_epoch=mean_epoch_seconds(result),
         seconds=round(time.time() - start, 1),
         log_file=str(log_file),
     )
@@ -247,8 +235,7 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path, study: Study) -> No
     columns = first + sorted(
         seen, key=lambda k: (not k.startswith("valid_"), not k.startswith("test_"), k == "log_file")
     )
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for r in rows:
@@ -257,7 +244,6 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path, study: Study) -> No
                 k: yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, (list, dict)) else v
                 for k, v in r.items()
             })
-    os.replace(tmp, path)
 
 
 def write_best_yaml(best: dict[str, Any], path: Path, study: Study, n_trials: int, command: str) -> None:
@@ -278,9 +264,8 @@ def write_best_yaml(best: dict[str, Any], path: Path, study: Study, n_trials: in
     lines.append(f"# Use: python run_recbole_diffcl.py --model={study.model} --dataset={study.dataset} "
                  f"--config_files=\"{' '.join([*study.config_files, str(path)])}\"")
     text = "\n".join(lines) + "\n" + yaml.safe_dump(values, sort_keys=False)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,14 +274,9 @@ def write_best_yaml(best: dict[str, Any], path: Path, study: Study, n_trials: in
 def _recbole_hyper_tuning():
     # hyperopt 0.2.5 imports pkg_resources (deprecated by setuptools); nothing a user can act on.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-    try:
-        from recbole.trainer.hyper_tuning import HyperTuning
-        import hyperopt  # noqa: F401  (HyperTuning imports it lazily)
-    except ImportError:
-        raise UserError(
-            "Tuning needs hyperopt, which RecBole lists as its 'hyperopt' extra. Fix: pip install "
-            "\"recbole[hyperopt]==1.2.1\" (hyperopt 0.2.5)."
-        ) from None
+    require_extra("hyperopt", "tune", "Tuning (RecBole's HyperTuning)")  # HyperTuning imports it lazily
+    from recbole.trainer.hyper_tuning import HyperTuning
+
     return HyperTuning
 
 
@@ -398,8 +378,7 @@ def run_ray(study: Study, algo: str, max_evals: Optional[int], seed: int, cpus_p
         num_samples = max_evals
         search_alg = HyperOptSearch({p.name: p.hyperopt() for p in study.params}, metric="score",
                                     mode="max" if study.bigger else "min", random_state_seed=seed)
-    python_path = os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
-    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": python_path()}})
     try:
         analysis = tune.run(
             trainable, config=param_space, num_samples=num_samples, search_alg=search_alg,
@@ -482,8 +461,10 @@ def _check_study(args: argparse.Namespace, overrides: dict[str, str], params: li
 def tune(argv: Sequence[str]) -> int:
     """Run the search described by the command line ``argv``; return the exit code."""
     args, overrides = parse_args(argv)
+    if args.engine == "hyperopt" or args.algo == "tpe":  # ray's tpe is hyperopt's too
+        require_extra("hyperopt", "tune", "Tuning with --engine=hyperopt or --algo=tpe")
     params = load_space(args.params_file)
-    config_files = [os.path.abspath(f) for f in (args.config_files.split() if args.config_files else [])]
+    config_files = config_file_list(args.config_files, absolute=True)
     valid_metric, bigger = _check_study(args, overrides, params, config_files)
     out = Path(args.out).resolve()
     if (out / "trials.csv").exists():

@@ -1,8 +1,14 @@
-"""Model lookup (plugin first, then RecBole) and the location of the property files."""
+"""Model lookup (plugin first, then RecBole), the location of the property files, and small helpers
+shared by the package: atomic file writes and number checks."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import math
+import os
+import tempfile
 from pathlib import Path
+from typing import IO, Any, Callable, Iterator, Optional, Union
 
 from recbole_diffcl.errors import UserError
 
@@ -42,3 +48,76 @@ def get_model(model_name: str, option: str = "--model") -> type:
         f"({', '.join(known)}) or a RecBole model name, spelled as its class (e.g. SASRec, BERT4Rec, "
         f"GRU4Rec, FEARec)."
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: Union[str, os.PathLike],
+    mode: str = "w",
+    *,
+    encoding: Optional[str] = "utf-8",
+    newline: Optional[str] = None,
+    fsync: bool = False,
+    before_replace: Optional[Callable[[str], None]] = None,
+) -> Iterator[IO]:
+    """Write ``path`` all at once or not at all: the block writes to a temporary file beside it, which
+    then replaces ``path``; if the block (or anything up to the rename) fails, the temporary file is
+    removed and ``path`` is left as it was.
+
+    The folder is created when missing; the file gets the usual mode (0666 less the umask).
+    ``fsync`` forces the data to disk before the rename; ``before_replace(tmp_path)`` may inspect the
+    written file and raise to keep ``path`` unchanged.
+    """
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding, newline=newline) as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        if before_replace is not None:
+            before_replace(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def require_extra(module: str, extra: str, needed_for: str) -> None:
+    """Import ``module``, an optional dependency; when missing, a UserError names the extra that installs it."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(
+            f"{needed_for} needs {module}, which is not installed ({exc}). Fix: pip install "
+            f"\"recbole_diffcl[{extra}]\" (in a checkout: pip install \".[{extra}]\")."
+        ) from None
+
+
+def is_number(value: Any) -> bool:
+    """An int or float (not a bool): a numeric property value or YAML scalar."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finite_float(text: str) -> Optional[float]:
+    """``text`` as a finite float (``"1e9"``, ``" 3 "``), or None when it is not one (``"x"``, ``"nan"``)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None

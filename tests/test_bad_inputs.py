@@ -156,7 +156,7 @@ def test_yaml_unknown_property_is_a_warning(tmp_path):
 def test_result_file_failure_at_the_end_keeps_the_result(tmp_path, monkeypatch):
     """A full disk at the end loses nothing: the result goes beside the log, no .tmp is left."""
     from recbole_diffcl import quick_start
-    from recbole_diffcl.report import RunOutputError
+    from recbole_diffcl.console import RunOutputError
 
     real_dump = json.dump
 

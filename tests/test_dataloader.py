@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from recbole_diffcl.dataloader import LengthBucketBatchSampler
+from recbole_diffcl.data.dataloader import LengthBucketBatchSampler
 
 
 def test_bucketing_covers_every_row_once_per_epoch():
@@ -31,7 +31,7 @@ def test_bucketed_run_trains_on_the_same_rows(tmp_path, tiny_run_dict):
     from recbole.data import data_preparation
 
     from recbole_diffcl.data import create_dataset
-    from recbole_diffcl.dataloader import BucketedTrainDataLoader, bucketed_train_data
+    from recbole_diffcl.data.dataloader import BucketedTrainDataLoader, bucketed_train_data
     from recbole_diffcl.quick_start import load_config
 
     _, config = load_config("DiffCLRec", "ml-100k", config_dict={**tiny_run_dict, "length_bucketing": True})

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import torch
 
-from recbole_diffcl.dataloader import LengthBucketBatchSampler
+from recbole_diffcl.data.dataloader import LengthBucketBatchSampler
 from tests.conftest import ROOT
 
 TINY = ["--user_inter_num_interval=[0,25]", "--epochs=2", "--hidden_size=16", "--inner_size=32",

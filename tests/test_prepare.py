@@ -19,9 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # plain `pytest` from any folder, before the package is installed
     sys.path.insert(0, str(REPO_ROOT))
 
-from recbole_diffcl import datasets as ds_mod  # noqa: E402
-from recbole_diffcl import prepare as prep  # noqa: E402
-from recbole_diffcl.datasets import check_dataset_files  # noqa: E402
+from recbole_diffcl.data import checks, readers, registry  # noqa: E402
+from recbole_diffcl.data import prepare as prep  # noqa: E402
+from recbole_diffcl.data.checks import check_dataset_files  # noqa: E402
 from recbole_diffcl.errors import UserError  # noqa: E402
 
 SHARED = Path(os.environ.get("RECBOLE_DIFFCL_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
@@ -40,7 +40,7 @@ def _need(path: Path) -> None:
 
 
 def _source_lines(path: Path) -> dict[str, list[str]]:
-    """Independent reader of the benchmark format, so the tests do not trust prep.read_sequences."""
+    """Independent reader of the benchmark format, so the tests do not trust readers.read_sequences."""
     out: dict[str, list[str]] = {}
     with open(path) as f:
         for line in f:
@@ -132,7 +132,7 @@ def test_sports_leave_one_out_matches_source_lines(sports):
 
 
 def test_sports_atomic_round_trips_to_source(sports):
-    assert prep.inter_to_sequences(sports["target"]) == sports["source"]
+    assert readers.inter_to_sequences(sports["target"]) == sports["source"]
 
 
 def test_sports_check_dataset_files_accepts_prepared_file(sports):
@@ -145,14 +145,14 @@ def test_beauty_counts_without_source(tmp_path, monkeypatch):
     from recbole.data import create_dataset
 
     monkeypatch.setenv("RECBOLE_DIFFCL_SHARED_DATA", str(SHARED))
-    monkeypatch.setattr(ds_mod, "can_reach", lambda *a, **k: pytest.fail("must not try the network"))
+    monkeypatch.setattr(registry, "can_reach", lambda *a, **k: pytest.fail("must not try the network"))
     lines: list[str] = []
     target, stats = prep.prepare("amazon-beauty", None, tmp_path, say=lines.append)
     assert any(str(BEAUTY_TXT.name) in ln for ln in lines)
     assert (stats.users, stats.items, stats.interactions) == (22363, 12101, 198502)
     d = create_dataset(_recbole_config("amazon-beauty", tmp_path))
     assert (d.user_num - 1, d.item_num - 1, d.inter_num) == (22363, 12101, 198502)
-    assert prep.inter_to_sequences(target) == _source_lines(BEAUTY_TXT)
+    assert readers.inter_to_sequences(target) == _source_lines(BEAUTY_TXT)
 
 
 def test_cli_prints_stats(tmp_path, capsys):
@@ -210,7 +210,7 @@ def test_kcore_iterates_until_stable():
     # Item 9 has 1 user; user 0 loses it and falls below 2, which then drops item 1 below 2.
     users = np.array([0, 0, 1, 1, 2, 2, 1, 2])
     items = np.array([9, 1, 1, 2, 2, 3, 3, 2])
-    keep, rounds = prep.kcore(users, items, k=2)
+    keep, rounds = readers.kcore(users, items, k=2)
     assert rounds >= 2
     kept = sorted(zip(users[keep].tolist(), items[keep].tolist()))
     assert kept == [(1, 2), (1, 3), (2, 2), (2, 2), (2, 3)]
@@ -223,7 +223,7 @@ def test_ratings_csv_5core(tmp_path, header):
     target, stats = prep.prepare("toy", src, tmp_path / "data", say=lines.append)
     assert (stats.users, stats.items, stats.interactions) == (5, 5, 25)
     assert any("3 pass(es)" in ln for ln in lines), lines
-    seqs = prep.inter_to_sequences(target)
+    seqs = readers.inter_to_sequences(target)
     assert set(seqs) == {f"U{u}" for u in range(1, 6)}
     assert seqs["U1"] == ["I3", "I2", "I1", "I4", "I5"]  # equal timestamps keep file order
     assert seqs["U2"] == ["I1", "I2", "I3", "I4", "I5"]
@@ -261,7 +261,7 @@ def test_recbole_atomic_download_format(tmp_path):
     _write(src, rows)
     target, stats = prep.prepare("toy", src, tmp_path / "data", say=_quiet)
     assert (stats.users, stats.items, stats.interactions) == (6, 5, 30)
-    assert prep.inter_to_sequences(target)["A0"] == ["B0", "B1", "B2", "B3", "B4"]
+    assert readers.inter_to_sequences(target)["A0"] == ["B0", "B1", "B2", "B3", "B4"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,13 +345,13 @@ def test_can_reach_is_bounded(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", stall)
     t0 = time.monotonic()
-    assert ds_mod.can_reach("https://example.invalid/x.zip", timeout=0.3) is False
+    assert registry.can_reach("https://example.invalid/x.zip", timeout=0.3) is False
     assert time.monotonic() - t0 < 2
 
 
 def test_can_reach_unresolvable_host_is_false():
     # '.invalid' never resolves (RFC 2606): False at once, online or not.
-    assert ds_mod.can_reach("https://example.invalid/x.zip", timeout=2) is False
+    assert registry.can_reach("https://example.invalid/x.zip", timeout=2) is False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,8 +363,8 @@ def _cfg(name: str, root: Path, **extra) -> dict:
 
 
 def test_check_missing_benchmark_gives_prepare_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds_mod, "can_reach", lambda *a, **k: pytest.fail("must not try the network"))
-    monkeypatch.setattr(ds_mod, "find_benchmark_source", lambda *a, **k: None)
+    monkeypatch.setattr(checks, "can_reach", lambda *a, **k: pytest.fail("must not try the network"))
+    monkeypatch.setattr(checks, "find_benchmark_source", lambda *a, **k: None)
     with pytest.raises(UserError) as e:
         check_dataset_files(_cfg("amazon-toys", tmp_path))
     msg = str(e.value)
@@ -384,17 +384,17 @@ def test_check_missing_benchmark_names_found_source(tmp_path):
 
 def test_check_benchmark_name_shadowing_recbole_download(tmp_path, monkeypatch):
     """'amazon-beauty' is also a RecBole download (different data): never let RecBole fetch it."""
-    monkeypatch.setattr(ds_mod, "can_reach", lambda *a, **k: True)
+    monkeypatch.setattr(checks, "can_reach", lambda *a, **k: True)
     with pytest.raises(UserError, match="recbole_diffcl.prepare amazon-beauty"):
         check_dataset_files(_cfg("amazon-beauty", tmp_path))
 
 
 def test_check_recbole_dataset_offline_and_online(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds_mod, "can_reach", lambda *a, **k: False)
+    monkeypatch.setattr(checks, "can_reach", lambda *a, **k: False)
     with pytest.raises(UserError) as e:
         check_dataset_files(_cfg("ml-1m", tmp_path))
     assert "cannot be reached" in str(e.value) and "ml-1m.inter" in str(e.value)
-    monkeypatch.setattr(ds_mod, "can_reach", lambda *a, **k: True)
+    monkeypatch.setattr(checks, "can_reach", lambda *a, **k: True)
     assert check_dataset_files(_cfg("ml-1m", tmp_path)) is None  # RecBole downloads it
     (tmp_path / "ml-1m").mkdir()  # RecBole downloads only when the folder is absent
     with pytest.raises(UserError, match="will not download"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recbole_diffcl.errors import UserError
-from recbole_diffcl.evaluation import read_rankings
+from recbole_diffcl.report import read_rankings
 from recbole_diffcl.quick_start import load_data_and_model, run
 from recbole_diffcl.recommend import Recommender, main
 from tests.conftest import ROOT, tiny_config

@@ -183,7 +183,7 @@ def test_whole_sequence_duorec_draws_positives_from_all_prefix_rows(tmp_path):
     from recbole.data import data_preparation
 
     from recbole_diffcl.data import create_dataset
-    from recbole_diffcl.dataloader import whole_sequence_train_data
+    from recbole_diffcl.data.dataloader import whole_sequence_train_data
     from recbole_diffcl.model.duorec import DuoRec
     from recbole_diffcl.quick_start import load_config
 
@@ -224,7 +224,7 @@ def test_whole_sequence_training_keeps_histories_and_lengths_of_the_prefix_rows(
     from recbole.data import data_preparation
 
     from recbole_diffcl.data import create_dataset
-    from recbole_diffcl.dataloader import whole_sequence_train_data
+    from recbole_diffcl.data.dataloader import whole_sequence_train_data
     from recbole_diffcl.evaluation import with_evaluation_options
     from recbole_diffcl.quick_start import load_config
     from recbole_diffcl.trainer import get_trainer

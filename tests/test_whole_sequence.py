@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recbole_diffcl.dataloader import last_row_per_user
+from recbole_diffcl.data.dataloader import last_row_per_user
 from recbole_diffcl.model.cl4srec import CL4SRec
 from recbole_diffcl.model.diffclrec import DiffCLRec
 from tests.conftest import make_batch, make_model, tiny_config
@@ -58,7 +58,7 @@ def test_training_data_is_one_row_per_user_covering_every_prefix_target(tmp_path
     from recbole.data import data_preparation
 
     from recbole_diffcl.data import create_dataset
-    from recbole_diffcl.dataloader import whole_sequence_train_data
+    from recbole_diffcl.data.dataloader import whole_sequence_train_data
     from recbole_diffcl.quick_start import load_config
 
     _, config = load_config("DiffCLRec", "ml-100k", config_dict={**tiny_config(tmp_path), "whole_sequence_training": True})

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Run many trainings at once (on a lent GPU machine) and bring back their logs and result files.
 #   usage, from the project root (on the GPU machine after `source .gpu/setup-device.sh`, see
-#   docs/benchmarks.md):  bash benchmarks/gpu/parallel-runs.sh RUNS_FILE CAP_SECONDS
+#   docs/results.md):  bash benchmarks/gpu/parallel-runs.sh RUNS_FILE CAP_SECONDS
 # RUNS_FILE: one run a line, "NAME ARGS..." (run_recbole_diffcl.py arguments; {root} stands for the project
 # root). Each run gets its own folder under $OUT/runs (its saved/ and log/ apart), stdout in stdout.log,
 # --result_file result.json, and is killed after CAP_SECONDS (give runs a smaller --max_train_seconds so

@@ -26,6 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from recbole_diffcl.runs import mean_epoch_seconds  # noqa: E402
 from recbole_diffcl.tune import Param, Study, best_row, load_space, write_best_yaml, write_trials_csv  # noqa: E402
 
 
@@ -75,12 +76,11 @@ def collect(args) -> int:
         trial_file = ROOT / Path(args.trials_dir or f"benchmarks/gpu/search-{args.dataset.split('-')[-1]}") / args.model / f"trial-{trial}.yaml"
         values = yaml.safe_load(trial_file.read_text()) if trial_file.is_file() else {}
         result = json.loads(result_file.read_text())
-        epoch_seconds = result.get("seconds_per_epoch") or []
         row = {"trial": f"trial-{trial}", "status": "ok", **values, "score": result["best_valid_score"]}
         row.update({f"valid_{k}": v for k, v in (result.get("best_valid_result") or {}).items()})
         row.update({f"test_{k}": v for k, v in (result.get("test_result") or {}).items()})
         row.update(epochs=result.get("epochs_run"), stopped_by=result.get("stopped_by"),
-                   seconds_per_epoch=round(sum(epoch_seconds) / len(epoch_seconds), 3) if epoch_seconds else None)
+                   seconds_per_epoch=mean_epoch_seconds(result))
         rows.append(row)
     if not rows:
         raise SystemExit(f"no result files of {args.model} trials under {args.runs}")

@@ -1,6 +1,6 @@
 """Training and evaluation speed of several models on one dataset, one process per model.
 
-    python benchmarks/speed.py --dataset=amazon-sports --models=SASRec,DiffCLRec,CL4SRec,DuoRec \
+    python perf/speed.py --dataset=amazon-sports --models=SASRec,DiffCLRec,CL4SRec,DuoRec \
         --epochs=4 --out=scratch/speed-sports.md [--regimes=whole,prefix] [--devices=cpu,cuda] [--key=value ...]
 
 ``--regimes``: the training regimes to time for every plugin model (``whole``: one row per user, loss at
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_table(rows: list[dict], argv: list[str] | None, out: str | None) -> None:
-    command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python perf/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}",
         f"Command: `{command}`",

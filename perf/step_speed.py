@@ -1,6 +1,6 @@
 """Seconds per training step of several configurations on one device, from one dataset load.
 
-    python benchmarks/step_speed.py --dataset=amazon-beauty [--steps=40] [--warmup=10] [--compile]
+    python perf/step_speed.py --dataset=amazon-beauty [--steps=40] [--warmup=10] [--compile]
 
 For each configuration (model + property overrides, listed in CONFIGS) it builds the model exactly as
 the runner does, runs ``--warmup`` + ``--steps`` optimiser steps on real training batches of the regime
@@ -28,7 +28,7 @@ from recbole.data import data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_diffcl.data import create_dataset  # noqa: E402
-from recbole_diffcl.dataloader import whole_sequence_train_data  # noqa: E402
+from recbole_diffcl.data.dataloader import whole_sequence_train_data  # noqa: E402
 from recbole_diffcl.quick_start import load_config  # noqa: E402
 
 # (label, model, property overrides, amp)

@@ -1,6 +1,6 @@
 """Where a training step's time goes: per-step seconds, per-phase and per-operator profile.
 
-    python benchmarks/profile_step.py --dataset=amazon-sports --model=DiffCLRec --steps=30 \
+    python perf/profile_step.py --dataset=amazon-sports --model=DiffCLRec --steps=30 \
         [--length_bucketing=True] [--key=value ...]
 
 Builds the dataset, training batches and model exactly as the runner does (same property layering),
@@ -29,7 +29,7 @@ from recbole.utils import init_seed  # noqa: E402
 from recbole_diffcl import diffusion  # noqa: E402
 from recbole_diffcl.cli import parse_property_overrides  # noqa: E402
 from recbole_diffcl.data import create_dataset  # noqa: E402
-from recbole_diffcl.dataloader import bucketed_train_data  # noqa: E402
+from recbole_diffcl.data.dataloader import bucketed_train_data  # noqa: E402
 from recbole_diffcl.quick_start import load_config  # noqa: E402
 
 # (owner, attribute) pairs wrapped in a record_function range named after them, when they exist.
