@@ -101,7 +101,7 @@ def trim_to_longest(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch
 
 def resolve_length_sorted_passes(value, device) -> int:
     """``length_sorted_passes: auto`` -> 1 on a GPU (kernel launches dominate there, so one pass is fastest),
-    8 on a CPU (compute dominates: less padding is less work; measured best in docs/benchmarks.md)."""
+    8 on a CPU (compute dominates: less padding is less work; measured best in docs/speed.md)."""
     if value == "auto":
         return 1 if torch.device(device or "cpu").type == "cuda" else 8
     return int(value or 1)
