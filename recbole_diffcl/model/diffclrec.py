@@ -156,6 +156,10 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         counts = training_item_counts(dataset, self.n_items)
         self.register_buffer("item_counts", counts if counts is not None else torch.zeros(0), persistent=False)
         self.has_item_counts = counts is not None and bool(counts.sum() > 0)
+        self.register_buffer(
+            "item_percentiles", popularity_percentiles(counts) if self.has_item_counts else torch.zeros(0),
+            persistent=False,
+        )
         # The denoiser runs when it makes the views or when its losses train something.
         self.runs_denoiser = self.aug_source == "diffusion" or (
             self.train_diffusion and (self.nll_weight > 0 or self.mse_weight > 0)
@@ -165,6 +169,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         """Replace the training item counts (n_items values; what ``aug_source=popularity`` samples by)."""
         self.item_counts = counts.to(self.item_embedding.weight.device, torch.float32)
         self.has_item_counts = bool(self.item_counts.sum() > 0)
+        self.item_percentiles = popularity_percentiles(self.item_counts) if self.has_item_counts else torch.zeros(0)
 
     # -- the diffusion model ------------------------------------------------------------------------
     @property
@@ -226,6 +231,31 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             return draws.view(n_chosen, n_views)
         return torch.randint(1, self.n_items, (n_chosen, n_views), device=device)
 
+    def record_view_statistics(
+        self,
+        original: torch.Tensor,
+        real: torch.Tensor,
+        denoiser_top: Optional[torch.Tensor] = None,
+        sampled: Optional[torch.Tensor] = None,
+    ) -> None:
+        """Per-epoch view diagnostics from tensors the step already has (no extra passes, no host reads).
+
+        ``original``: the N items at the chosen positions; ``denoiser_top``: N x k, the denoiser's top-k
+        candidates of its one-step x0 prediction, best first; ``sampled``: N x 2, the two views' replacements.
+        """
+        if denoiser_top is not None:
+            self.record_statistic("recon_top1", denoiser_top[:, 0] == original)  # original item ranked first
+            self.record_statistic("recon_topk", (denoiser_top == original[:, None]).any(1))  # among the top k
+        if sampled is None:
+            return
+        self.record_statistic("repl_is_original", sampled == original[:, None])  # replacement = replaced item
+        differ = sampled[:, 0] != sampled[:, 1]
+        self.record_statistic("chosen_views_differ", differ)  # share of chosen positions where views differ
+        self.record_statistic("views_differ", differ, real.sum())  # share of all real positions (as CL4SRec's)
+        if self.has_item_counts:  # mean popularity percentile (0 rarest, 1 most popular) of items in and out
+            self.record_statistic("pop_pct_replacement", self.item_percentiles[sampled])
+            self.record_statistic("pop_pct_original", self.item_percentiles[original])
+
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, ...]:
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         item_seq = self.trim(interaction[self.ITEM_SEQ], item_seq_len)
@@ -239,24 +269,30 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             return rec_loss, zero, zero, zero
         original = item_seq[chosen]
         nll_loss = mse_loss = zero
-        x0 = logits = None
+        x0 = logits = denoiser_top = None
         if self.runs_denoiser:
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_diffusion):
                 x0, x0_pred, logits = self.denoise(item_seq, item_seq_len, real, chosen)
             if self.train_diffusion:
                 nll_loss, mse_loss = self.diffusion_losses(x0, x0_pred, logits, original, chosen)
+            denoiser_top = diffusion.topk_candidates(logits, self.aug_topk).indices
 
         cl_loss = zero
+        sampled = None
         if self.cl_active():
             top = None
             if self.aug_source == "diffusion":
-                top = diffusion.topk_candidates(self.candidate_logits(x0, logits, chosen, real), self.aug_topk).indices
+                one_step = self.aug_sampler != "reverse"
+                top = denoiser_top if one_step else diffusion.topk_candidates(
+                    self.candidate_logits(x0, logits, chosen, real), self.aug_topk
+                ).indices
             sampled = self.sample_replacements(original.size(0), top)
             views = diffusion.make_views(item_seq, chosen, sampled)
             # The authors embed views with a gradient-free copy of the table; detach() avoids copying it.
             item_weight = self.item_embedding.weight.detach() if self.cl_detach_view_embeddings else None
             z1, z2 = self.encode_views(views, item_seq_len, item_weight)
             cl_loss = self.contrastive_loss(z1, z2)
+        self.record_view_statistics(original, real, denoiser_top, sampled)
 
         return (
             rec_loss,
