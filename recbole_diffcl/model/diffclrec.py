@@ -256,6 +256,29 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             self.record_statistic("pop_pct_replacement", self.item_percentiles[sampled])
             self.record_statistic("pop_pct_original", self.item_percentiles[original])
 
+    def run_denoiser(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, real: torch.Tensor, chosen: torch.Tensor
+    ) -> tuple:
+        """(x0, x0 prediction, logits, top-k candidates of the logits) at the chosen positions, or four Nones
+        when the denoiser does not run (a random or popularity source with nothing of it to train)."""
+        if not self.runs_denoiser:
+            return None, None, None, None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_diffusion):
+            x0, x0_pred, logits = self.denoise(item_seq, item_seq_len, real, chosen)
+        return x0, x0_pred, logits, diffusion.topk_candidates(logits, self.aug_topk).indices
+
+    def view_replacements(
+        self, original: torch.Tensor, chosen: torch.Tensor, real: torch.Tensor, x0, logits, denoiser_top
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(replacements: N x 2, one column per view; the candidates they were drawn from: N x k, or None
+        for the random and popularity sources)."""
+        top = None
+        if self.aug_source == "diffusion":
+            top = denoiser_top if self.aug_sampler != "reverse" else diffusion.topk_candidates(
+                self.candidate_logits(x0, logits, chosen, real), self.aug_topk
+            ).indices
+        return self.sample_replacements(original.size(0), top), top
+
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, ...]:
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         item_seq = self.trim(interaction[self.ITEM_SEQ], item_seq_len)
@@ -269,24 +292,14 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             return rec_loss, zero, zero, zero
         original = item_seq[chosen]
         nll_loss = mse_loss = zero
-        x0 = logits = denoiser_top = None
-        if self.runs_denoiser:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_diffusion):
-                x0, x0_pred, logits = self.denoise(item_seq, item_seq_len, real, chosen)
-            if self.train_diffusion:
-                nll_loss, mse_loss = self.diffusion_losses(x0, x0_pred, logits, original, chosen)
-            denoiser_top = diffusion.topk_candidates(logits, self.aug_topk).indices
+        x0, x0_pred, logits, denoiser_top = self.run_denoiser(item_seq, item_seq_len, real, chosen)
+        if x0 is not None and self.train_diffusion:
+            nll_loss, mse_loss = self.diffusion_losses(x0, x0_pred, logits, original, chosen)
 
         cl_loss = zero
         sampled = None
         if self.cl_active():
-            top = None
-            if self.aug_source == "diffusion":
-                one_step = self.aug_sampler != "reverse"
-                top = denoiser_top if one_step else diffusion.topk_candidates(
-                    self.candidate_logits(x0, logits, chosen, real), self.aug_topk
-                ).indices
-            sampled = self.sample_replacements(original.size(0), top)
+            sampled, _ = self.view_replacements(original, chosen, real, x0, logits, denoiser_top)
             views = diffusion.make_views(item_seq, chosen, sampled)
             # The authors embed views with a gradient-free copy of the table; detach() avoids copying it.
             item_weight = self.item_embedding.weight.detach() if self.cl_detach_view_embeddings else None
