@@ -31,6 +31,21 @@ from recbole_diffcl.layers import DisentangledTransformerEncoder
 
 NOISE_SCHEDULES = ("sqrt", "linear", "cosine")
 POSITION_MODES = ("relative", "disentangled", "absolute", "none")
+#: what each position of the denoiser may attend to: the whole sequence (the method), the positions up to
+#: itself (causal), or only itself (no context: the noisy position and the timestep)
+CONTEXT_MODES = ("both", "left", "none")
+
+
+def visible_pairs(length: int, context: str, device=None) -> torch.Tensor:
+    """L x L bool, [i, j] = whether query position i may attend to key position j under ``context``."""
+    if context not in CONTEXT_MODES:
+        raise ValueError(f"unknown denoiser context '{context}', expected one of {CONTEXT_MODES}")
+    pos = torch.arange(length, device=device)
+    if context == "left":
+        return pos[None, :] <= pos[:, None]
+    if context == "none":
+        return pos[None, :] == pos[:, None]
+    return torch.ones(length, length, dtype=torch.bool, device=device)
 
 
 def _betas_for_alpha_bar(steps: int, alpha_bar, max_beta: float = 0.999) -> np.ndarray:
@@ -164,8 +179,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class Denoiser(nn.Module):
     """Bidirectional Transformer f(x_t, t) -> x0 prediction for every position.
 
-    Only padding is masked: each position sees the context on both sides. Position information
-    (``position``):
+    Only padding is masked: each position sees the context on both sides (``context``: ``both``; the
+    ablations ``left`` (a causal mask: positions up to itself) and ``none`` (only itself: the noisy
+    position and the timestep) take context away). Position information (``position``):
 
     - ``relative``: a learned per-head bias on the attention score for each distance, shared by all
       layers (our default: a small stand-in for the authors' relative attention);
@@ -192,10 +208,14 @@ class Denoiser(nn.Module):
         position: str = "relative",
         input_dropout_prob: Optional[float] = None,
         output_layer: bool = True,
+        context: str = "both",
     ):
         super().__init__()
         if position not in POSITION_MODES:
             raise ValueError(f"unknown denoiser position mode '{position}', expected one of {POSITION_MODES}")
+        if context not in CONTEXT_MODES:
+            raise ValueError(f"unknown denoiser context '{context}', expected one of {CONTEXT_MODES}")
+        self.context = context
         self.hidden_size, self.max_seq_length, self.n_heads, self.position = (
             hidden_size, max_seq_length, n_heads, position,
         )
@@ -226,8 +246,12 @@ class Denoiser(nn.Module):
         self.output = nn.Linear(hidden_size, hidden_size) if output_layer else nn.Identity()
 
     def attention_mask(self, real: torch.Tensor) -> torch.Tensor:
-        """Additive mask: -10000 on padded keys (as RecBole), plus the relative-position bias."""
+        """Additive mask: -10000 on padded keys (as RecBole) and on keys outside the ``context``, plus the
+        relative-position bias."""
         mask = torch.where(real[:, None, None, :], 0.0, -10000.0)  # B x 1 x 1 x L
+        if self.context != "both":
+            hidden = ~visible_pairs(real.size(1), self.context, real.device)
+            mask = mask + torch.where(hidden, -10000.0, 0.0)[None, None]  # B x 1 x L x L
         if self.position == "relative":
             length = real.size(1)
             pos = torch.arange(length, device=real.device)
@@ -243,10 +267,34 @@ class Denoiser(nn.Module):
             h = h + self.position_embedding.weight[: x_t.size(1)][None]
         h = self.dropout(self.LayerNorm(h))
         if self.position == "disentangled":
-            h = self.encoder(h, real)
+            visible = None if self.context == "both" else visible_pairs(real.size(1), self.context, real.device)
+            h = self.encoder(h, real, visible)
         else:
             h = self.encoder(h, self.attention_mask(real), output_all_encoded_layers=False)[-1]
         return self.output(h)
+
+
+def topk_candidates(
+    logits: torch.Tensor, k: int, excluded: tuple[int, ...] = (0,)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k items of each row of ``logits`` (N x n_items, or any leading shape), best first: (scores,
+    item ids), N (...) x k each.
+
+    Ids in ``excluded`` (the padding id 0) are never among them; k is cut to the number of allowed ids.
+    """
+    logits = logits.detach().clone()
+    for item in excluded:  # one scalar index at a time: no index tensor copied from the host
+        logits[..., item] = -torch.inf
+    k = max(1, min(k, logits.size(-1) - len(excluded)))
+    return logits.topk(k, dim=-1)
+
+
+def sample_from_candidates(
+    top: torch.Tensor, n_views: int = 2, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """For each row of ``top`` (N (...) x k candidate ids) draw ``n_views`` of them uniformly: N (...) x n_views."""
+    pick = torch.randint(0, top.size(-1), (*top.shape[:-1], n_views), generator=generator, device=top.device)
+    return top.gather(-1, pick)
 
 
 def sample_topk(
@@ -261,13 +309,7 @@ def sample_topk(
 
     Ids in ``excluded`` (the padding id 0) are never returned. Returns N (...) x n_views item ids.
     """
-    logits = logits.detach().clone()
-    for item in excluded:  # one scalar index at a time: no index tensor copied from the host
-        logits[..., item] = -torch.inf
-    k = max(1, min(k, logits.size(-1) - len(excluded)))
-    top = logits.topk(k, dim=-1).indices  # ... x k
-    pick = torch.randint(0, k, (*top.shape[:-1], n_views), generator=generator, device=logits.device)
-    return top.gather(-1, pick)
+    return sample_from_candidates(topk_candidates(logits, k, excluded).indices, n_views, generator)
 
 
 def make_views(item_seq: torch.Tensor, chosen: torch.Tensor, sampled: torch.Tensor) -> list[torch.Tensor]:

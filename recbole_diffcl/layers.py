@@ -20,6 +20,7 @@ output projection), as DeBERTa's ``XSoftmax``.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -96,9 +97,12 @@ class DisentangledTransformerEncoder(nn.Module):
             for _ in range(n_layers)
         )
 
-    def forward(self, h: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """h: B x L x d input, real: B x L bool (non-padding). Returns the last layer's output."""
+    def forward(self, h: torch.Tensor, real: torch.Tensor, visible: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h: B x L x d input, real: B x L bool (non-padding), visible: optional L x L bool of the (query,
+        key) pairs allowed besides padding (e.g. a causal mask). Returns the last layer's output."""
         pair_mask = (real[:, None, :, None] & real[:, None, None, :])  # B x 1 x L x L
+        if visible is not None:
+            pair_mask = pair_mask & visible
         delta = relative_index(h.size(1), self.span, h.device)
         rel = self.rel_dropout(self.rel_embeddings.weight)
         for attention, feed_forward in zip(self.attention, self.feed_forward):

@@ -243,6 +243,7 @@ def _train_and_evaluate(
         "regime": "whole sequence" if config["whole_sequence_training"] else "one row per prefix",
         "seconds_per_epoch": [round(s, 3) for s in getattr(trainer, "epoch_seconds", [])],
         "valid_curve": getattr(trainer, "valid_curve", []),
+        "view_statistics": getattr(trainer, "view_statistics", []),
         "test_eval_seconds": round(test_eval_seconds, 3),
         "wall_seconds": None,  # filled in by run()
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,

@@ -163,13 +163,25 @@ class ContrastiveTrainer(SafeCheckpointMixin, Trainer):
     current epoch (for ``cl_warmup_epochs``), and every loss part is logged by name (``rec``, ``cl``,
     ``nll``, ``mse`` ... as the model's ``loss_names``) to the log and to tensorboard. Logged parts
     are weighted (they add up to the training loss) and summed over the epoch's batches, as RecBole does.
+    The view statistics the model recorded during the epoch (``pop_statistics``: InfoNCE accuracy,
+    DiffCLRec's reconstruction accuracy, ...) are read once per epoch, logged on a line ``epoch N views
+    [...]`` after the loss line, written to tensorboard as ``Views/<name>`` and kept in ``view_statistics``
+    (one dict per epoch, also in the run's result file).
     """
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.current_epoch = epoch_idx
         if epoch_idx == getattr(self.model, "cl_warmup_epochs", 0) and epoch_idx > 0:
             self.logger.info(f"epoch {epoch_idx}: warm-up over, contrastive loss switched on")
-        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        pop_statistics = getattr(self.model, "pop_statistics", dict)
+        pop_statistics()  # nothing recorded outside training (e.g. a sanity pass) counts for the epoch
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        statistics = pop_statistics()  # the one host read of the epoch's statistics
+        if statistics:
+            if not hasattr(self, "view_statistics"):
+                self.view_statistics = []
+            self.view_statistics.append({"epoch": epoch_idx, **{k: round(v, 6) for k, v in statistics.items()}})
+        return loss
 
     def _loss_parts(self, losses) -> dict:
         names = getattr(self.model, "loss_names", ())
@@ -195,6 +207,14 @@ class ContrastiveTrainer(SafeCheckpointMixin, Trainer):
         if len(parts) > 1:
             for name, value in parts.items():
                 self.tensorboard.add_scalar(f"Loss/{name}", value, epoch_idx)
+        # RecBole calls this right after logging the epoch's loss line: the view statistics follow it.
+        latest = getattr(self, "view_statistics", [None])[-1]
+        if latest and latest["epoch"] == epoch_idx:
+            stats = {k: v for k, v in latest.items() if k != "epoch"}
+            text = ", ".join(f"{set_color(name, 'blue')}: {value:.4f}" for name, value in stats.items())
+            self.logger.info(f"{set_color(f'epoch {epoch_idx} views', 'green')} [{text}]")
+            for name, value in stats.items():
+                self.tensorboard.add_scalar(f"Views/{name}", value, epoch_idx)
 
 
 def get_trainer(model_type, model_name: str, model_class: Optional[type] = None) -> type:

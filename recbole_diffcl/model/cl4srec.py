@@ -73,6 +73,12 @@ class CL4SRec(ContrastiveSequentialRecommender):
         )
         return views, lengths
 
+    def record_view_difference(self, view1: torch.Tensor, view2: torch.Tensor) -> None:
+        """Statistic ``views_differ``: the share of positions, real in either view, holding different items
+        in the two views (comparable with DiffCLRec's)."""
+        either = (view1 != 0) | (view2 != 0)
+        self.record_statistic("views_differ", (view1 != view2) & either, either.sum())
+
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
@@ -81,6 +87,7 @@ class CL4SRec(ContrastiveSequentialRecommender):
             return rec_loss, rec_loss.new_zeros(())
 
         views, lengths = self.make_views(item_seq, item_seq_len)
+        self.record_view_difference(*views)
         if self.whole_sequence:  # the loss at every position needs the original's own pass
             rec_loss = self.next_item_loss(item_seq, item_seq_len, interaction)
             z1, z2 = self.forward(torch.cat(views), torch.cat(lengths)).chunk(2)

@@ -64,12 +64,15 @@ def info_nce(
     temperature: float = 1.0,
     similarity: str = "dot",
     targets: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+    return_hits: bool = False,
+):
     """InfoNCE (NT-Xent) over the 2B views of a batch.
 
     Each view's positive is its twin (row i of ``z1`` with row i of ``z2``); the other 2B - 2 views are
     negatives. With ``targets`` (B next-item ids), views of *other* sequences that share the anchor's
-    target are removed from the negatives (they are false negatives, as in DuoRec).
+    target are removed from the negatives (they are false negatives, as in DuoRec). With ``return_hits``
+    it returns (loss, hits): hits (2B bool, no gradient) says for each view whether its twin scores
+    highest among its 2B - 1 candidates (the InfoNCE accuracy).
     """
     batch = z1.size(0)
     z = torch.cat([z1, z2], dim=0)
@@ -87,7 +90,10 @@ def info_nce(
         same[idx, positives] = False  # the twin stays the positive
         excluded |= same
     sim = sim.masked_fill(excluded, float("-inf"))
-    return F.cross_entropy(sim, positives)
+    loss = F.cross_entropy(sim, positives)
+    if return_hits:
+        return loss, sim.detach().argmax(1) == positives
+    return loss
 
 
 def trim_to_longest(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
@@ -164,6 +170,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         self.length_sorted_passes = resolve_length_sorted_passes(config["length_sorted_passes"], config["device"])
         self.whole_sequence = bool(config["whole_sequence_training"])
         self.current_epoch = 0  # set by the trainer at the start of every epoch
+        self._view_statistics: dict = {}  # name -> (sum, count), accumulated on the device (see record_statistic)
 
         self.item_embedding = nn.Embedding(self.n_items + self.extra_item_tokens, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
@@ -375,8 +382,31 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         stacked = self.forward(torch.cat(views), item_seq_len.repeat(len(views)), item_weight)
         return list(stacked.chunk(len(views)))
 
-    def contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor, targets: Optional[torch.Tensor] = None):
-        return info_nce(z1, z2, self.cl_temperature, self.cl_similarity, targets)
+    def contrastive_loss(
+        self, z1: torch.Tensor, z2: torch.Tensor, targets: Optional[torch.Tensor] = None, statistic: str = "cl_acc"
+    ):
+        """InfoNCE between the two views; records its accuracy (twin ranked first) as ``statistic``."""
+        loss, hits = info_nce(z1, z2, self.cl_temperature, self.cl_similarity, targets, return_hits=True)
+        self.record_statistic(statistic, hits)
+        return loss
+
+    # -- view statistics: per-epoch means of what the training steps already computed -------------------
+    def record_statistic(self, name: str, values: torch.Tensor, count=None) -> None:
+        """Add ``values`` (summed) to the statistic ``name`` of the current epoch, over ``count`` items
+        (default: the number of values; a tensor count is fine). Nothing is read to the host here: the
+        sums stay on the model's device until :meth:`pop_statistics`."""
+        total = values.detach().float().sum()
+        count = values.numel() if count is None else count
+        previous = self._view_statistics.get(name)
+        self._view_statistics[name] = (total, count) if previous is None else (previous[0] + total, previous[1] + count)
+
+    def pop_statistics(self) -> dict[str, float]:
+        """The mean of every statistic recorded since the last call (one host read), and a fresh start."""
+        recorded, self._view_statistics = self._view_statistics, {}
+        if not recorded:
+            return {}
+        means = torch.stack([total / count for total, count in recorded.values()]).tolist()
+        return {name: mean for name, mean in zip(recorded, means) if mean == mean}  # NaN: nothing counted
 
     # -- inference: plain SASRec scoring ------------------------------------------------------------
     def predict(self, interaction) -> torch.Tensor:

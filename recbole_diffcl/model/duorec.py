@@ -131,9 +131,9 @@ class DuoRec(ContrastiveSequentialRecommender):
         zero = rec_loss.new_zeros(())
         un_loss, su_loss = zero, zero
         if self.contrast in ("un", "us"):
-            un_loss = self.lmd * self.contrastive_loss(h, h_un, targets)
+            un_loss = self.lmd * self.contrastive_loss(h, h_un, targets, statistic="cl_acc_un")
         if self.contrast in ("su", "us"):
-            su_loss = self.lmd_sem * self.contrastive_loss(h, h_sem, targets)
+            su_loss = self.lmd_sem * self.contrastive_loss(h, h_sem, targets, statistic="cl_acc_su")
         if self.contrast == "us_x":
-            su_loss = self.lmd_sem * self.contrastive_loss(h_un, h_sem, targets)
+            su_loss = self.lmd_sem * self.contrastive_loss(h_un, h_sem, targets, statistic="cl_acc_su")
         return rec_loss, self.cl_weight * un_loss, self.cl_weight * su_loss

@@ -1,0 +1,281 @@
+"""What a trained DiffCLRec's views look like: ``python -m recbole_diffcl.views --checkpoint PATH``.
+
+For a few users (``--users`` tokens as in the atomic files, else the first ``--n`` users) it prints the
+training sequence the model sees, the positions chosen for replacement, the denoiser's top-k
+candidates there with their scores, and the two sampled views, all as item tokens; ``--csv`` (default
+beside the checkpoint, ``<checkpoint>.views.csv``) gets the same, one line per user and position. Then it
+computes the per-epoch view statistics (see ``DiffCLRec.record_view_statistics``) over the whole
+training set, once, with dropout off.
+
+The model is rebuilt from the checkpoint's own configuration (not from today's property files) and the
+dataset from its atomic files (``--data_path`` if they moved).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import pickle
+import sys
+from typing import Any, Optional
+
+import torch
+
+from recbole_diffcl.errors import UserError, exit_code_of
+
+#: values RecBole's Config derives itself; they are recomputed, never copied from the checkpoint
+DERIVED_KEYS = frozenset(
+    {
+        "model", "dataset", "data_path", "device", "single_spec", "local_rank", "MODEL_TYPE",
+        "MODEL_INPUT_TYPE", "eval_type", "valid_neg_sample_args", "test_neg_sample_args",
+    }
+)
+CSV_COLUMNS = ["user_id", "position", "item", "chosen", "candidates", "candidate_scores", "view1", "view2"]
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A plugin checkpoint, loaded safely on the CPU; a :class:`UserError` when it is not one."""
+    fix = "Fix: pass a .pth file written by this plugin's runner (python run_recbole_diffcl.py, into saved/)."
+    if not os.path.isfile(path):
+        raise UserError(f"Checkpoint '{path}' does not exist. {fix}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a pickle of refused objects: not a checkpoint at all
+            raise UserError(f"'{path}' is not a torch checkpoint (UnpicklingError). {fix}") from None
+        raise UserError(
+            f"'{path}' holds Python objects that torch's safe loader refuses: it is not a recbole_diffcl "
+            f"checkpoint (RecBole's own trainer pickles its whole Config). {fix}"
+        ) from None
+    except Exception as exc:  # torch raises many kinds on files that are not checkpoints
+        raise UserError(f"'{path}' is not a torch checkpoint ({type(exc).__name__}). {fix}") from None
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict) or "state_dict" not in checkpoint or not {"model", "dataset"} <= set(config):
+        raise UserError(f"'{path}' is a torch file but not a recbole_diffcl checkpoint (no config or state_dict). {fix}")
+    if config["model"] != "DiffCLRec":
+        raise UserError(
+            f"'{path}' is a checkpoint of {config['model']}, but the view report needs DiffCLRec (the only model whose "
+            f"views come from a denoiser). Fix: pass a DiffCLRec checkpoint (python run_recbole_diffcl.py "
+            f"--model=DiffCLRec writes one into saved/)."
+        )
+    return checkpoint
+
+
+def load_model_and_data(checkpoint: dict, data_path: Optional[str] = None):
+    """(config, model in eval mode, dataset, training dataloader) of the run that wrote ``checkpoint``.
+
+    A small local stand-in for ``quick_start.load_data_and_model`` (issue 14), which may replace it.
+    """
+    from recbole.data import data_preparation
+
+    from recbole_diffcl.data import create_dataset
+    from recbole_diffcl.data.dataloader import whole_sequence_train_data
+    from recbole_diffcl.quick_start import load_config
+
+    stored = checkpoint["config"]
+    properties = {k: v for k, v in stored.items() if k not in DERIVED_KEYS}
+    negatives = properties.get("train_neg_sample_args")
+    if isinstance(negatives, dict) and negatives.get("distribution", "none") == "none":
+        properties["train_neg_sample_args"] = None  # RecBole's input form of "no negative sampling"
+    stored_path = stored.get("data_path")
+    properties["data_path"] = data_path or (os.path.dirname(os.path.normpath(str(stored_path))) if stored_path else None)
+    properties.update(show_progress=False, state="ERROR", log_wandb=False)
+    _, config = load_config(str(stored["model"]), str(stored["dataset"]), None, properties)
+    inter = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    if not os.path.isfile(inter):
+        raise UserError(
+            f"The checkpoint was trained on dataset '{config['dataset']}', whose atomic file {inter} does not exist. "
+            f"Fix: pass --data_path=DIR with DIR holding {config['dataset']}/ (the folder the run read its data from)."
+        )
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    train_data = whole_sequence_train_data(config, train_data)
+    from recbole_diffcl.model.diffclrec import DiffCLRec
+
+    model = DiffCLRec(config, train_data._dataset)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(
+            f"The checkpoint's weights do not fit the model rebuilt from its configuration and the data at "
+            f"{config['data_path']} ({str(exc).splitlines()[0]}). Fix: point --data_path at the data the model was "
+            f"trained on."
+        ) from None
+    return config, model.eval(), dataset, train_data
+
+
+def training_rows(train_data, config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(user ids, item sequences, lengths, targets) of each user's longest training row."""
+    from recbole_diffcl.data.dataloader import last_row_per_user
+
+    feat = train_data._dataset.inter_feat
+    rows = last_row_per_user(feat[config["USER_ID_FIELD"]], feat[config["ITEM_LIST_LENGTH_FIELD"]])
+    seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+    return (
+        feat[config["USER_ID_FIELD"]][rows],
+        feat[seq_field][rows],
+        feat[config["ITEM_LIST_LENGTH_FIELD"]][rows],
+        feat[config["ITEM_ID_FIELD"]][rows],
+    )
+
+
+@torch.no_grad()
+def sample_views(model, item_seq: torch.Tensor, item_seq_len: torch.Tensor, encode: bool = True) -> dict[str, Any]:
+    """One training step's view-making on these rows, as DiffCLRec does it, with the statistics recorded.
+
+    Returns the chosen mask, the originals, the candidates (N x k ids and scores, from the scores the
+    views draw from, or the denoiser's when the source is random/popularity), the replacements and views.
+    """
+    from recbole_diffcl import diffusion
+
+    item_seq = model.trim(item_seq, item_seq_len)
+    real = item_seq != 0
+    chosen = diffusion.choose_positions(item_seq, model.mask_ratio)
+    original = item_seq[chosen]
+    x0, _, logits, denoiser_top = model.run_denoiser(item_seq, item_seq_len, real, chosen)
+    sampled, _ = model.view_replacements(original, chosen, real, x0, logits, denoiser_top)
+    views = diffusion.make_views(item_seq, chosen, sampled)
+    scores = None
+    if logits is not None:
+        source = model.candidate_logits(x0, logits, chosen, real) if model.aug_source == "diffusion" else logits
+        scores = diffusion.topk_candidates(source, model.aug_topk)
+    model.record_view_statistics(original, real, denoiser_top, sampled)
+    if encode and original.numel():
+        z1, z2 = model.encode_views(views, item_seq_len, None)
+        model.contrastive_loss(z1, z2)  # records cl_acc
+    return {"item_seq": item_seq, "chosen": chosen, "original": original, "candidates": scores,
+            "sampled": sampled, "views": views}
+
+
+def dataset_statistics(model, train_data, config, batch_size: int = 512) -> dict[str, float]:
+    """The view statistics over every user's training sequence (dropout off)."""
+    _, seqs, lengths, _ = training_rows(train_data, config)
+    model.pop_statistics()
+    for start in range(0, len(seqs), batch_size):
+        sample_views(model, seqs[start : start + batch_size], lengths[start : start + batch_size])
+    return model.pop_statistics()
+
+
+def pick_users(dataset, train_data, config, users: Optional[str], n: int) -> list[int]:
+    """Row indices (into :func:`training_rows`) of the users named by token, or of the first ``n`` users."""
+    uids = training_rows(train_data, config)[0]
+    if not users:
+        return list(range(min(n, len(uids))))
+    tokens = [t.strip() for t in users.split(",") if t.strip()]
+    field = config["USER_ID_FIELD"]
+    known = set(dataset.field2id_token[field][1:].tolist())
+    unknown = [t for t in tokens if t not in known]
+    if unknown:
+        example = ",".join(map(str, dataset.field2id_token[field][1:4]))
+        raise UserError(
+            f"Unknown user token(s) {', '.join(unknown)} in --users: the dataset '{config['dataset']}' has no such "
+            f"user_id. Fix: give user ids as written in its .inter file, comma separated (e.g. --users={example})."
+        )
+    position = {int(u): i for i, u in enumerate(uids.tolist())}
+    ids = dataset.token2id(field, tokens)
+    return [position[int(i)] for i in ids]
+
+
+def report(model, dataset, train_data, config, rows: list[int]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Printed lines and CSV records of the views of these users."""
+    uids, seqs, lengths, targets = training_rows(train_data, config)
+    rows_t = torch.tensor(rows, dtype=torch.long)
+    out = sample_views(model, seqs[rows_t], lengths[rows_t], encode=False)
+    iid, uid = config["ITEM_ID_FIELD"], config["USER_ID_FIELD"]
+    token = lambda ids: [str(t) for t in dataset.id2token(iid, ids)]  # noqa: E731
+    chosen, sampled, cands = out["chosen"], out["sampled"], out["candidates"]
+    index_of = {}  # (row, position) -> index among the chosen positions (row-major)
+    for k, (r, p) in enumerate(chosen.nonzero().tolist()):
+        index_of[r, p] = k
+    lines, records = [], []
+    source = model.aug_source if model.aug_source != "diffusion" else f"top-{model.aug_topk} of the denoiser"
+    for r, row in enumerate(rows):
+        length = int(lengths[row])
+        items = token(out["item_seq"][r, :length].tolist())
+        user = str(dataset.id2token(uid, [int(uids[row])])[0])
+        lines.append(f"user {user}: {length} items (training target {token([int(targets[row])])[0]}), replacements "
+                     f"from the {source}")
+        lines.append("  sequence: " + " ".join(items))
+        positions = [p for p in range(length) if (r, p) in index_of]
+        lines.append("  chosen positions: " + (", ".join(map(str, positions)) if positions else "none this draw"))
+        for p in range(length):
+            k = index_of.get((r, p))
+            record = {"user_id": user, "position": p, "item": items[p], "chosen": int(k is not None),
+                      "candidates": "", "candidate_scores": "", "view1": items[p], "view2": items[p]}
+            if k is not None:
+                v1, v2 = token(sampled[k].tolist())
+                record.update(view1=v1, view2=v2)
+                text = f"  position {p}: {items[p]} -> view 1 {v1}, view 2 {v2}"
+                if cands is not None:
+                    ids, scores = token(cands.indices[k].tolist()), cands.values[k].tolist()
+                    record.update(candidates=" ".join(ids), candidate_scores=" ".join(f"{s:.3f}" for s in scores))
+                    text += "; candidates " + ", ".join(f"{i} ({s:.2f})" for i, s in zip(ids, scores))
+                lines.append(text)
+            records.append(record)
+        for v in (0, 1):
+            lines.append(f"  view {v + 1}: " + " ".join(token(out["views"][v][r, :length].tolist())))
+    return lines, records
+
+
+STAT_HELP = {
+    "recon_top1": "denoiser's x0 prediction ranks the original item first (chosen positions, t ~ U{0..T-1})",
+    "recon_topk": "original item among the denoiser's top-k",
+    "repl_is_original": "replacement equal to the item it replaces",
+    "chosen_views_differ": "chosen positions where the two views differ",
+    "views_differ": "real positions where the two views differ",
+    "pop_pct_replacement": "mean popularity percentile of the replacements (0 rarest, 1 most popular)",
+    "pop_pct_original": "mean popularity percentile of the items they replace",
+    "cl_acc": "InfoNCE accuracy: a view's twin ranked first among the 2B-1 other views",
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_diffcl.views", allow_abbrev=False,
+        description="Show the contrastive views a trained DiffCLRec makes: for a few users their sequence, the "
+        "chosen positions, the denoiser's top-k candidates with scores and the two sampled views (printed and "
+        "written as CSV), then the view statistics over the whole training set.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="a DiffCLRec checkpoint written by the runner (saved/*.pth)")
+    parser.add_argument("--users", default=None, help="comma-separated user tokens as in the .inter file")
+    parser.add_argument("--n", type=int, default=5, help="without --users: how many users to show (default 5)")
+    parser.add_argument("--csv", default=None, help="CSV output (default: <checkpoint>.views.csv)")
+    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/ if the data moved")
+    parser.add_argument("--seed", type=int, default=2020, help="seed of the random draws (default 2020)")
+    parser.add_argument("--no_dataset_statistics", action="store_true", help="skip the whole-training-set pass")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    def command() -> int:
+        if args.n < 1:
+            raise UserError(f"--n must be a positive number of users, got {args.n}. Fix: pass --n=5, or --users=...")
+        checkpoint = read_checkpoint(args.checkpoint)
+        config, model, dataset, train_data = load_model_and_data(checkpoint, args.data_path)
+        rows = pick_users(dataset, train_data, config, args.users, args.n)
+        torch.manual_seed(args.seed)
+        lines, records = report(model, dataset, train_data, config, rows)
+        print("\n".join(lines))
+        csv_path = args.csv or args.checkpoint + ".views.csv"
+        os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(records)
+        print(f"views of {len(rows)} users written to {csv_path}")
+        if not args.no_dataset_statistics:
+            torch.manual_seed(args.seed)
+            stats = dataset_statistics(model, train_data, config)
+            print(f"view statistics over the {len(training_rows(train_data, config)[0])} training sequences "
+                  f"(one draw each, dropout off):")
+            for name, value in stats.items():
+                print(f"  {name:20s} {value:.4f}  {STAT_HELP.get(name, '')}")
+        return 0
+
+    return exit_code_of(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
