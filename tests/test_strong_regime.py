@@ -241,3 +241,22 @@ def test_whole_sequence_training_keeps_histories_and_lengths_of_the_prefix_rows(
     assert (from_prefix._seq_len == from_whole._seq_len).all()
     for (_, a), (_, b) in zip(from_prefix._histories, from_whole._histories):
         assert (a != b).nnz == 0  # rows truncated to 5 items still exclude the user's whole history
+
+
+def test_contrastive_loss_at_every_position_pairs_positions_across_views(monkeypatch):
+    torch.manual_seed(0)
+    model = make_model(DiffCLRec, mask_ratio=0.4, cl_positions="every", **SMALL)
+    batch = make_batch(batch=8, shortest=3, longest=12)
+    seen = {}
+    original = model.contrastive_loss
+
+    def spy(z1, z2, *args, **kwargs):
+        seen["shapes"] = (z1.shape, z2.shape)
+        return original(z1, z2, *args, **kwargs)
+
+    monkeypatch.setattr(model, "contrastive_loss", spy)
+    parts = model.calculate_loss(batch)
+    real_positions = int(batch["item_length"].sum())
+    assert seen["shapes"] == ((real_positions, 16), (real_positions, 16))  # one pair per real position
+    assert torch.isfinite(parts[1]) and parts[1] > 0
+    sum(parts).backward()

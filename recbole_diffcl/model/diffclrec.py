@@ -88,6 +88,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
     loss_names = ("rec", "cl", "nll", "mse")
     supports_whole_sequence = True
     property_checks = {
+        "cl_positions": P.one_of("last", "every"),
         "mask_ratio": P.probability(),
         "diffusion_steps": P.positive_int(),
         "noise_schedule": P.one_of(*diffusion.NOISE_SCHEDULES),
@@ -123,6 +124,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         self.mse_weight = config["mse_weight"]
         self.nll_reduction = config["nll_reduction"] or "token"
         self.cl_detach_view_embeddings = config["cl_detach_view_embeddings"]
+        self.cl_positions = config["cl_positions"] or "last"
         # ablations (the defaults are the method)
         self.aug_source = optional("aug_source", "diffusion")
         self.share_item_embedding = optional("share_item_embedding", True)
@@ -303,7 +305,13 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             views = diffusion.make_views(item_seq, chosen, sampled)
             # The authors embed views with a gradient-free copy of the table; detach() avoids copying it.
             item_weight = self.item_embedding.weight.detach() if self.cl_detach_view_embeddings else None
-            z1, z2 = self.encode_views(views, item_seq_len, item_weight)
+            if self.cl_positions == "every":
+                # both views at every real position: the replacements sit at the same positions in both, so
+                # position i of one view is the positive of position i of the other
+                outputs = self.encode_all_positions(torch.cat(views), item_seq_len.repeat(2), item_weight)
+                z1, z2 = (view_outputs[real] for view_outputs in outputs.chunk(2))
+            else:
+                z1, z2 = self.encode_views(views, item_seq_len, item_weight)
             cl_loss = self.contrastive_loss(z1, z2)
         self.record_view_statistics(original, real, denoiser_top, sampled)
 
