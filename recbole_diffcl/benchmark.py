@@ -79,6 +79,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     parser.add_argument("--reference", default="DiffCLRec",
                         help="model tested against every other (default: DiffCLRec)")
     parser.add_argument("--verbose", action="store_true", help="also print each run's output (always in its log)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="runs at a time (default 1; e.g. 8 on a GPU, which trains several small models at once)")
     args, rest = parser.parse_known_args(list(argv))
     fix = " (use --models, --seeds, --dataset and --config_files instead)"
     return args, parse_property_overrides(parser, rest, RESERVED, fix)
@@ -187,32 +189,44 @@ def check_settings(
 
 
 def run_all(
-    specs: list[RunSpec], dataset: str, config_files: list[str], overrides: dict[str, str], verbose: bool
+    specs: list[RunSpec],
+    dataset: str,
+    config_files: list[str],
+    overrides: dict[str, str],
+    verbose: bool,
+    parallel: int = 1,
 ) -> tuple[dict[str, dict], list[RunSpec]]:
-    """Run what is not finished yet, with progress and ETA; return finished results and failed runs."""
+    """Run what is not finished yet (``parallel`` runs at a time), with progress and ETA; return finished
+    results and failed runs."""
     results: dict[str, dict] = {}
     failed: list[RunSpec] = []
     to_run = [s for s in specs if load_finished(s, dataset) is None]
     executed_seconds: list[float] = []
     n = len(specs)
-    print(f"{n} runs: {n - len(to_run)} finished earlier, {len(to_run)} to run", flush=True)
+    print(f"{n} runs: {n - len(to_run)} finished earlier, {len(to_run)} to run"
+          + (f", {parallel} at a time" if parallel > 1 else ""), flush=True)
+    pending: list[tuple[int, RunSpec]] = []
     for i, spec in enumerate(specs, 1):
         done = load_finished(spec, dataset)
         if done is not None:
             results[spec.name] = done
             print(f"[{i}/{n}] {spec.model} seed {spec.seed}: finished earlier, skipped", flush=True)
-            continue
+        else:
+            pending.append((i, spec))
+
+    def start(i: int, spec: RunSpec) -> float:
         left = len(to_run) - len(executed_seconds)
         eta = "ETA after the first run"
-        if executed_seconds:  # the mean of this invocation's runs, times the runs left
-            eta = f"ETA {duration(sum(executed_seconds) / len(executed_seconds) * left)}"
+        if executed_seconds:  # the mean of this invocation's runs, times the runs left (over the parallel ones)
+            eta = f"ETA {duration(sum(executed_seconds) / len(executed_seconds) * left / parallel)}"
         print(f"[{i}/{n}] {spec.model} seed {spec.seed}: running ({left} left, {eta}); log {spec.log_file}",
               flush=True)
         for stale in (spec.result_file, spec.rankings_file):
             stale.unlink(missing_ok=True)  # a failed or interrupted run's leftovers
-        start = time.time()
-        code = execute(run_command(spec, dataset, config_files, overrides), spec.log_file, verbose)
-        executed_seconds.append(time.time() - start)
+        return time.time()
+
+    def finish(i: int, spec: RunSpec, code: int, started: float) -> None:
+        executed_seconds.append(time.time() - started)
         result = load_finished(spec, dataset)
         if code == 0 and result is not None:
             results[spec.name] = result
@@ -222,7 +236,7 @@ def run_all(
                 f"(test {key} {result['test_result'][key]:.4f}, {result.get('epochs_run')} epochs)",
                 flush=True,
             )
-            continue
+            return
         if code == 0 and spec.result_file.is_file() and not spec.rankings_file.is_file():
             raise UserError(
                 f"{spec.model} seed {spec.seed} finished but wrote no per-user rankings, which the benchmark's "
@@ -235,6 +249,35 @@ def run_all(
         print(f"[{i}/{n}] {spec.model} seed {spec.seed}: FAILED (exit code {code}); last lines of {spec.log_file}:",
               flush=True)
         print(tail(spec.log_file), flush=True)
+
+    def command(spec: RunSpec) -> list[str]:
+        return run_command(spec, dataset, config_files, overrides)
+
+    if parallel <= 1:
+        for i, spec in pending:
+            started = start(i, spec)
+            finish(i, spec, execute(command(spec), spec.log_file, verbose), started)
+        return results, failed
+
+    # Runs are processes: threads only wait for them. A user error in one stops the others from starting.
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    queue = list(pending)
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        running = {}
+        try:
+            while queue or running:
+                while queue and len(running) < parallel:
+                    i, spec = queue.pop(0)
+                    started = start(i, spec)
+                    running[pool.submit(execute, command(spec), spec.log_file, False)] = (i, spec, started)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i, spec, started = running.pop(future)
+                    finish(i, spec, future.result(), started)
+        except BaseException:
+            queue.clear()  # let the running ones end (their logs stay), start nothing more
+            raise
     return results, failed
 
 
@@ -264,7 +307,7 @@ def benchmark(argv: Sequence[str]) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     specs = [RunSpec(e.label, seed, runs_dir, e.model, e.config_files) for seed in seeds for e in entries]
     try:
-        results, failed = run_all(specs, args.dataset, config_files, overrides, args.verbose)
+        results, failed = run_all(specs, args.dataset, config_files, overrides, args.verbose, max(1, args.parallel))
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
         return 130

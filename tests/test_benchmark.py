@@ -230,3 +230,34 @@ def test_labelled_configurations_sit_side_by_side(tmp_path, monkeypatch, capsys)
     for bad in ["--models=X=", f"--models=A=DiffCLRec:{tmp_path / 'missing.yaml'}", "--models=A=SASRec,A=DiffCLRec"]:
         assert benchmark.main([bad, "--seeds=1", f"--out={tmp_path / 'bad'}"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_parallel_runs_give_the_same_table_and_respect_the_limit(tmp_path, monkeypatch, capsys):
+    import threading
+    import time as _time
+
+    fake = _fake_execute(fail={"DiffCLRec-2"})
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def slow(cmd, log_file, verbose, cwd=None):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        _time.sleep(0.05)
+        try:
+            return fake(cmd, log_file, verbose, cwd)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(benchmark, "execute", slow)
+    args = ["--models=SASRec,DiffCLRec", "--seeds=1,2,3"]
+    assert benchmark.main([*args, "--parallel=3", f"--out={tmp_path / 'p'}"]) == 1  # DiffCLRec-2 failed
+    assert state["most"] == 3
+    out = capsys.readouterr().out
+    assert "6 runs: 0 finished earlier, 6 to run, 3 at a time" in out and "DiffCLRec seed 2: FAILED" in out
+    monkeypatch.setattr(benchmark, "execute", _fake_execute(fail={"DiffCLRec-2"}))
+    assert benchmark.main([*args, f"--out={tmp_path / 's'}"]) == 1
+    parallel = pd.read_csv(tmp_path / "p" / "results.csv").sort_values(["model", "seed"]).reset_index(drop=True)
+    serial = pd.read_csv(tmp_path / "s" / "results.csv").sort_values(["model", "seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(parallel, serial)
