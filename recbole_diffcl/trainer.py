@@ -8,15 +8,16 @@ checkpoints hold only plain state (state dicts and plain-typed metadata) and loa
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from time import time
 from typing import Any, Optional
 
 import torch
 from recbole.trainer import Trainer
-from recbole.utils import set_color
 from recbole.utils import get_trainer as recbole_get_trainer
+from recbole.utils import set_color
+
+from recbole_diffcl.utils import atomic_write
 
 # RecBole 1.2.1 builds torch.cuda.amp.GradScaler every epoch, which torch deprecates with a
 # FutureWarning each time; silence exactly that message (mixed precision itself still works).
@@ -96,10 +97,9 @@ class SafeCheckpointMixin:
             "optimizer": self.optimizer.state_dict(),
             **self._checkpoint_extras(),
         }
-        # Write to a temporary file, then rename: an interrupted save never leaves a broken checkpoint.
-        tmp_file = saved_model_file + ".tmp"
-        torch.save(state, tmp_file)
-        os.replace(tmp_file, saved_model_file)
+        # All at once or not at all: an interrupted save never leaves a broken checkpoint.
+        with atomic_write(saved_model_file, "wb") as f:
+            torch.save(state, f)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
