@@ -108,3 +108,24 @@ class DisentangledTransformerEncoder(nn.Module):
         for attention, feed_forward in zip(self.attention, self.feed_forward):
             h = feed_forward(attention(h, pair_mask, rel, delta))
         return h
+
+
+def attend_from_one_position(attention, h: torch.Tensor, attention_mask: torch.Tensor, query_index: torch.Tensor):
+    """RecBole's ``MultiHeadAttention`` (``attention``, its weights and dropouts) for one query position per
+    row: the output at ``query_index`` (B) of ``attention(h, attention_mask)``, B x d, without computing the
+    other positions' queries (their keys and values are still needed).
+
+    A causal encoder's sequence representation is its last layer's output at the last real position: the
+    last layer then needs one query per row instead of L, which the sequence representation of every view,
+    prefix row and evaluated user uses.
+    """
+    rows = torch.arange(h.size(0), device=h.device)
+    heads = lambda t: t.view(*t.shape[:-1], attention.num_attention_heads, attention.attention_head_size)  # noqa: E731
+    x = h[rows, query_index]  # B x d
+    query = heads(attention.query(x)).unsqueeze(2)  # B x H x 1 x dh
+    key = heads(attention.key(h)).permute(0, 2, 3, 1)  # B x H x dh x L
+    value = heads(attention.value(h)).permute(0, 2, 1, 3)  # B x H x L x dh
+    scores = query @ key / attention.sqrt_attention_head_size + attention_mask[rows, :, query_index].unsqueeze(2)
+    probs = attention.attn_dropout(attention.softmax(scores))
+    context = (probs @ value).reshape(h.size(0), -1)  # B x d
+    return attention.LayerNorm(attention.out_dropout(attention.dense(context)) + x)

@@ -20,14 +20,19 @@ def _with_passes(model_class, passes: int, **props):
 
 
 def _count_encoder_calls(model: ContrastiveSequentialRecommender) -> list[int]:
+    """The widths of the encoder's passes (all positions, or the last position only)."""
     widths: list[int] = []
-    original = model.encode_positions
+    all_positions, last_position = model.encode_positions, model.encode_last_position
 
-    def counting(item_seq, item_weight=None):
+    def counting_all(item_seq, item_weight=None):
         widths.append(item_seq.size(1))
-        return original(item_seq, item_weight)
+        return all_positions(item_seq, item_weight)
 
-    model.encode_positions = counting
+    def counting_last(item_seq, item_seq_len, item_weight=None):
+        widths.append(item_seq.size(1))
+        return last_position(item_seq, item_seq_len, item_weight)
+
+    model.encode_positions, model.encode_last_position = counting_all, counting_last
     return widths
 
 
@@ -108,3 +113,15 @@ def test_trim_and_sync_free_resolve_per_device():
     gpu = make_model(SASRecPlus, trim_batches="auto", sync_free_steps="auto", device=torch.device("cuda"), **SMALL)
     assert gpu.trim_batches is False and gpu.sync_free is True
     assert make_model(SASRecPlus, **SMALL).sync_free is False  # the default: off until measured on a GPU
+
+
+@pytest.mark.parametrize("passes", [1, 3])
+def test_last_position_encoding_equals_the_full_encoder_at_the_last_position(passes):
+    from recbole_diffcl.model import SASRecPlus
+
+    torch.manual_seed(0)
+    model = make_model(SASRecPlus, length_sorted_passes=passes, **SMALL).eval()
+    batch = make_batch(batch=12, shortest=1, longest=30, seed=2)
+    full = model.encode_all_positions(batch["item_id_list"], batch["item_length"])
+    expected = model.gather_indexes(full, batch["item_length"] - 1)
+    torch.testing.assert_close(model.forward(batch["item_id_list"], batch["item_length"]), expected)

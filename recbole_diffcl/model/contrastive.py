@@ -16,6 +16,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.model.loss import BPRLoss
 
 from recbole_diffcl.errors import UserError
+from recbole_diffcl.layers import attend_from_one_position
 from recbole_diffcl import properties as P
 
 SIMILARITIES = ("dot", "cos")
@@ -220,10 +221,14 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
     def encode_positions(self, item_seq: torch.Tensor, item_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Causal encoder output at every position (B x L x d). ``item_weight`` replaces the item table
         (e.g. a detached copy so that a loss does not move the item embeddings)."""
+        h = self.embed_positions(item_seq, item_weight)
+        return self.trm_encoder(h, self.get_attention_mask(item_seq), output_all_encoded_layers=False)[-1]
+
+    def embed_positions(self, item_seq: torch.Tensor, item_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The encoder's input: item plus position embeddings, LayerNorm, dropout (B x L x d)."""
         item_emb = self.item_embedding(item_seq) if item_weight is None else F.embedding(item_seq, item_weight)
         h = item_emb + self.position_embedding.weight[: item_seq.size(1)][None]
-        h = self.dropout(self.LayerNorm(h))
-        return self.trm_encoder(h, self.get_attention_mask(item_seq), output_all_encoded_layers=False)[-1]
+        return self.dropout(self.LayerNorm(h))
 
     def length_sorted_plan(
         self, item_seq_len: torch.Tensor
@@ -258,10 +263,29 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         longest row: the same outputs (rows never attend to each other), far less padding when a batch
         mixes short and long rows.
         """
-        return self.gather_indexes(self.encode_all_positions(item_seq, item_seq_len, item_weight), item_seq_len - 1)
+        return self.map_length_sorted(
+            lambda rows, lengths: self.encode_last_position(rows, lengths, item_weight),
+            item_seq_len,
+            self.trim(item_seq, item_seq_len),
+            item_seq_len,
+        )
+
+    def encode_last_position(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, item_weight: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """The causal encoder's output at each row's last real position (B x d), as ``encode_positions``
+        gathered there: every layer but the last runs at all positions, the last at that one only."""
+        h = self.embed_positions(item_seq, item_weight)
+        mask = self.get_attention_mask(item_seq)
+        *lower, last = self.trm_encoder.layer
+        for layer in lower:
+            h = layer(h, mask)
+        h = attend_from_one_position(last.multi_head_attention, h, mask, item_seq_len - 1)
+        return last.feed_forward(h)
 
     def map_length_sorted(self, fn, item_seq_len: torch.Tensor, *row_tensors: torch.Tensor) -> torch.Tensor:
-        """``fn(*row_tensors)`` -> B x L x d for a row-independent ``fn``, run in length-sorted sub-batches.
+        """``fn(*row_tensors)`` -> B x L x d (or B x d) for a row-independent ``fn``, run in length-sorted
+        sub-batches.
 
         Tensors with a position axis (2-D and more) are cut to each sub-batch's width; outputs are padded
         back to the full width with zeros (at padded positions only, which callers never read).
@@ -274,7 +298,8 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         outputs = []
         for rows, width in zip(chunks, widths):
             part = fn(*(t[rows, :width] if t.dim() > 1 else t[rows] for t in row_tensors))
-            outputs.append(F.pad(part, (0, 0, 0, full_width - width)))
+            # per-position outputs (B x L x d) are padded back to the full width; per-row ones (B x d) are not
+            outputs.append(F.pad(part, (0, 0, 0, full_width - width)) if part.dim() == 3 else part)
         return torch.cat(outputs)[restore]
 
     def encode_all_positions(
