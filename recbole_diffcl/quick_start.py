@@ -378,6 +378,8 @@ def run_multiprocess(
     check_rows_of_dataset(config)
     import torch.multiprocessing as mp
 
+    # RecBole's trainer creates checkpoint_dir with a check-then-create that races between processes
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)
     distributed = {"world_size": world_size, "ip": ip, "port": str(port), "nproc": nproc, "offset": offset}
     try:
         mp.spawn(_process, args=(run_kwargs, distributed), nprocs=nproc, join=True)

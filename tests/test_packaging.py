@@ -17,8 +17,11 @@ def test_installed_copy_has_props(tmp_path):
         check=True, capture_output=True, timeout=300,
     )
     props = target / "recbole_diffcl" / "props"
-    for name in ("overall.yaml", "model/DiffCLRec.yaml", "dataset/ml-100k.yaml", "dataset/amazon-sports.yaml"):
+    for name in ("overall.yaml", "model/DiffCLRec.yaml", "model/DiffCLRec-paper.yaml", "model/SASRecPlus.yaml",
+                 "dataset/ml-100k.yaml", "dataset/amazon-sports.yaml", "search/DiffCLRec.yaml",
+                 "ablation/aug_source-random.yaml"):
         assert (props / name).is_file(), name
+    assert (target / "recbole_diffcl" / "data" / "prepare.py").is_file()  # the data package is installed
     found = subprocess.run(
         [sys.executable, "-c", "from recbole_diffcl.utils import props_dir; print(props_dir())"],
         cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
