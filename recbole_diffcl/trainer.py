@@ -8,6 +8,8 @@ checkpoints hold only plain state (state dicts and plain-typed metadata) and loa
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import warnings
 from time import time
 from typing import Any, Optional
@@ -77,6 +79,10 @@ class SafeCheckpointMixin:
                 config["single_spec"] = False
         if cpu_processes:
             self.distributed_model = torch.nn.parallel.DistributedDataParallel(self.model)
+        # RecBole names checkpoints <Model>-<time to the second>.pth: runs started in the same second in one
+        # folder (benchmark --parallel, a user's parallel jobs) would overwrite and reload each other's file.
+        base, ext = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = f"{base}-{secrets.token_hex(3)}{ext}"
         if not config["single_spec"]:
             # every process reloads the best checkpoint, which only rank 0 writes: use rank 0's file name
             names = [self.saved_model_file]

@@ -260,3 +260,16 @@ def test_contrastive_loss_at_every_position_pairs_positions_across_views(monkeyp
     assert seen["shapes"] == ((real_positions, 16), (real_positions, 16))  # one pair per real position
     assert torch.isfinite(parts[1]) and parts[1] > 0
     sum(parts).backward()
+
+
+def test_runs_started_together_never_share_a_checkpoint_file(tmp_path):
+    """benchmark --parallel starts runs of one model in the same second and folder: RecBole's
+    <Model>-<time>.pth names would make them overwrite and reload each other's weights."""
+    from recbole_diffcl.quick_start import load_config
+    from recbole_diffcl.trainer import get_trainer
+    from tests.conftest import FakeDataset
+
+    _, config = load_config("SASRecPlus", "ml-100k", config_dict=tiny_config(tmp_path))
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], SASRecPlus)
+    names = {trainer_class(config, SASRecPlus(config, FakeDataset(50))).saved_model_file for _ in range(3)}
+    assert len(names) == 3 and all(n.startswith(str(tmp_path / "saved" / "SASRecPlus-")) for n in names)
