@@ -29,7 +29,7 @@ from recbole.utils import init_seed  # noqa: E402
 from recbole_diffcl import diffusion  # noqa: E402
 from recbole_diffcl.cli import parse_property_overrides  # noqa: E402
 from recbole_diffcl.data import create_dataset  # noqa: E402
-from recbole_diffcl.data.dataloader import bucketed_train_data, whole_sequence_train_data  # noqa: E402
+from recbole_diffcl.data.dataloader import training_loader  # noqa: E402
 from recbole_diffcl.quick_start import load_config  # noqa: E402
 
 # (owner, attribute) pairs wrapped in a record_function range named after them, when they exist.
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, _, _ = data_preparation(config, dataset)
-    train_data = bucketed_train_data(config, whole_sequence_train_data(config, train_data))
+    train_data = training_loader(config, train_data)
     init_seed(config["seed"], config["reproducibility"])
     model = model_class(config, train_data._dataset).to(config["device"])
     model.train()

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's package, also when another copy is installed
 
 
 def machine() -> str:
@@ -45,12 +46,13 @@ def machine() -> str:
 
 def run_model(model: str, dataset: str, epochs: int, overrides: list[str], workdir: Path, tag: str = "") -> dict:
     result_file = workdir / f"{model}{tag}.json"
-    cmd = [
-        sys.executable, "-m", "recbole_diffcl", f"--model={model}", f"--dataset={dataset}",
-        f"--epochs={epochs}", "--eval_step=0", "--show_progress=False", f"--checkpoint_dir={workdir / 'saved'}",
-        f"--result_file={result_file}", *overrides,
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    from recbole_diffcl.runs import child_env, runner_command
+
+    cmd = runner_command(
+        model, dataset, [], {}, f"--epochs={epochs}", "--eval_step=0", "--show_progress=False",
+        f"--checkpoint_dir={workdir / 'saved'}", f"--result_file={result_file}", *overrides,
+    )
+    env = child_env()
     start = time.time()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -79,15 +81,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    plugins = plugin_models()
     devices = [d for d in args.devices.split(",") if d != "cuda" or torch.cuda.is_available()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         for model, regime, device in (
             (m, r, d) for d in devices for m in args.models.split(",") for r in args.regimes.split(",")
-            if r == "default" or m in plugin_models() or r == "prefix"
+            if r == "default" or m in plugins or r == "prefix"
         ):
             extra = {"whole": ["--whole_sequence_training=True"], "prefix": ["--whole_sequence_training=False"]}
-            extra = extra.get(regime, []) if model in plugin_models() else []
+            extra = extra.get(regime, []) if model in plugins else []
             extra += ["--use_gpu=False"] if device == "cpu" else []
             print(f"[speed] {model} ({regime}, {device}) on {args.dataset}: {args.epochs} epochs ...",
                   file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ from recbole.data import data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_diffcl.data import create_dataset  # noqa: E402
-from recbole_diffcl.data.dataloader import whole_sequence_train_data  # noqa: E402
+from recbole_diffcl.data.dataloader import training_loader  # noqa: E402
 from recbole_diffcl.quick_start import load_config  # noqa: E402
 
 # (label, model, property overrides, amp)
@@ -56,10 +56,9 @@ def measure(label, model_name, overrides, amp, dataset_name, cache, args, compil
     files = overrides.pop("config_files", None)
     files = [str(Path(__file__).resolve().parents[1] / f) for f in files] if files else None
     model_class, config = load_config(model_name, dataset_name, files, {"show_progress": False, **overrides})
-    whole = bool(config["whole_sequence_training"])
     if "data" not in cache:
         cache["data"] = data_preparation(config, create_dataset(config))[0]
-    train_data = whole_sequence_train_data(config, cache["data"]) if whole else cache["data"]
+    train_data = training_loader(config, cache["data"])
     init_seed(config["seed"], config["reproducibility"])
     device = config["device"]
     model = model_class(config, train_data._dataset).to(device).train()

@@ -43,7 +43,7 @@ from recbole_diffcl.report import (
     write_summary,
 )
 from recbole_diffcl.runs import RunSpec, duration, execute, load_finished, run_command, tail, user_error_message
-from recbole_diffcl.utils import get_model, require_extra
+from recbole_diffcl.utils import atomic_write, get_model, require_extra
 
 #: Properties the benchmark sets for each run itself.
 RESERVED = {"model", "dataset", "seed", "result_file", "user_rankings_file", "config_files"}
@@ -149,6 +149,10 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def _digests(files: Sequence[str]) -> list[dict[str, str]]:
+    return [{"path": f, "sha256": _file_digest(f)} for f in files]
+
+
 def check_settings(
     out: Path, dataset: str, config_files: list[str], overrides: dict[str, str], entries: Sequence[ModelEntry] = ()
 ) -> None:
@@ -156,11 +160,11 @@ def check_settings(
     label keeps its model and files)."""
     settings = {
         "dataset": dataset,
-        "config_files": [{"path": f, "sha256": _file_digest(f)} for f in config_files],
+        "config_files": _digests(config_files),
         "overrides": overrides,
     }
     configurations = {
-        e.label: {"model": e.model, "config_files": [{"path": f, "sha256": _file_digest(f)} for f in e.config_files]}
+        e.label: {"model": e.model, "config_files": _digests(e.config_files)}
         for e in entries
     }
     path = out / "benchmark.json"
@@ -184,8 +188,8 @@ def check_settings(
                 f"{json.dumps(settings)}). Fix: use another --out for the new settings, or repeat the earlier "
                 f"dataset, --config_files (unchanged) and --key=value properties to continue that benchmark."
             )
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**settings, "configurations": configurations}, indent=2), encoding="utf-8")
+    with atomic_write(path) as f:  # a cut-off file would later read as "no settings" and accept any
+        json.dump({**settings, "configurations": configurations}, f, indent=2)
 
 
 def run_all(
@@ -200,22 +204,19 @@ def run_all(
     results and failed runs."""
     results: dict[str, dict] = {}
     failed: list[RunSpec] = []
-    to_run = [s for s in specs if load_finished(s, dataset) is None]
+    finished = {spec.name: load_finished(spec, dataset) for spec in specs}  # each result file read once
+    pending = [(i, spec) for i, spec in enumerate(specs, 1) if finished[spec.name] is None]
     executed_seconds: list[float] = []
     n = len(specs)
-    print(f"{n} runs: {n - len(to_run)} finished earlier, {len(to_run)} to run"
+    print(f"{n} runs: {n - len(pending)} finished earlier, {len(pending)} to run"
           + (f", {parallel} at a time" if parallel > 1 else ""), flush=True)
-    pending: list[tuple[int, RunSpec]] = []
     for i, spec in enumerate(specs, 1):
-        done = load_finished(spec, dataset)
-        if done is not None:
-            results[spec.name] = done
+        if finished[spec.name] is not None:
+            results[spec.name] = finished[spec.name]
             print(f"[{i}/{n}] {spec.model} seed {spec.seed}: finished earlier, skipped", flush=True)
-        else:
-            pending.append((i, spec))
 
     def start(i: int, spec: RunSpec) -> float:
-        left = len(to_run) - len(executed_seconds)
+        left = len(pending) - len(executed_seconds)
         eta = "ETA after the first run"
         if executed_seconds:  # the mean of this invocation's runs, times the runs left (over the parallel ones)
             eta = f"ETA {duration(sum(executed_seconds) / len(executed_seconds) * left / parallel)}"

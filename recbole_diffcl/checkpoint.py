@@ -24,6 +24,9 @@ from recbole.utils import init_seed
 
 from recbole_diffcl.errors import UserError
 
+#: The latest-epoch checkpoint of ``saved/<Model>-<time>.pth`` is ``saved/<Model>-<time>-last.pth``.
+LAST_SUFFIX = "-last.pth"
+
 #: Values RecBole's ``Config`` derives itself (from the model class, the dataset name and the machine);
 #: they are recomputed, never copied from the checkpoint.
 DERIVED_KEYS = frozenset(
@@ -50,6 +53,8 @@ def read_checkpoint(path: str, metadata_only: bool = False) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=metadata_only or None)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # no refused object: not a pickle of a checkpoint at all
+            raise UserError(f"'{path}' is not a torch checkpoint (UnpicklingError). {RETRAIN_FIX}") from None
         # torch's message is long; its "WeightsUnpickler error: ..." line names the refused object
         lines = [line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line]
         reason = lines[0].split("error:", 1)[1].split(" was not")[0].strip() if lines else "not plain state"
@@ -205,8 +210,6 @@ def find_latest_checkpoint(checkpoint_dir: str, model: str, dataset: str) -> Opt
     return max(found)[2] if found else None
 
 
-#: The latest-epoch checkpoint of ``saved/<Model>-<time>.pth`` is ``saved/<Model>-<time>-last.pth``.
-LAST_SUFFIX = "-last.pth"
 
 
 def last_checkpoint_path(best_file: str) -> str:

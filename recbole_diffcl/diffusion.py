@@ -135,36 +135,6 @@ def q_sample(
     return x0.index_put((rows, cols), noisy)
 
 
-# -- the same forward process without host-device synchronisations (for GPU steps) --------------------
-# The functions above draw one number per real (or chosen) position, which compacts the batch (boolean
-# indexing: the host waits for the device). These draw over the whole B x L grid and mask instead: the
-# same distributions, other random streams, and no synchronisation.
-
-
-def choose_positions_dense(item_seq: torch.Tensor, ratio: float, generator: Optional[torch.Generator] = None):
-    """As :func:`choose_positions`, drawing one number per cell of the grid."""
-    draws = torch.rand(item_seq.shape, generator=generator, device=item_seq.device)
-    return (draws < ratio) & (item_seq != 0)
-
-
-def add_context_noise_dense(emb, real, schedule: NoiseSchedule, generator: Optional[torch.Generator] = None):
-    """As :func:`add_context_noise`, drawing noise for every cell and zeroing it at padding."""
-    noise = torch.randn(emb.shape, generator=generator, device=emb.device, dtype=emb.dtype) * real[..., None]
-    return emb + schedule.sqrt_one_minus_alphas_cumprod[0] * noise
-
-
-def q_sample_dense(x0, t, chosen, schedule: NoiseSchedule, generator: Optional[torch.Generator] = None):
-    """As :func:`q_sample`: x_t at chosen positions, x0 everywhere else."""
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    noisy = schedule.sqrt_alphas_cumprod[t][:, None, None] * x0 + schedule.sqrt_one_minus_alphas_cumprod[t][:, None, None] * noise
-    return torch.where(chosen[..., None], noisy, x0)
-
-
-def make_views_dense(item_seq: torch.Tensor, chosen: torch.Tensor, sampled: torch.Tensor) -> list[torch.Tensor]:
-    """As :func:`make_views` with ``sampled`` given for every cell (B x L x n_views)."""
-    return [torch.where(chosen, sampled[..., v], item_seq) for v in range(sampled.size(-1))]
-
-
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (B,) -> (B, dim), as in DDPM / DiffuSeq."""
     half = dim // 2

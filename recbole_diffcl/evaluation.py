@@ -32,6 +32,14 @@ from recbole_diffcl.utils import atomic_write
 RANKING_COLUMNS = ["user_id", "seq_len", "target_item", "rank", "topk_position"]
 
 
+def prefix_rows(train_dataset):
+    """The training split as RecBole's one row per prefix. Whole-sequence training keeps one (possibly
+    truncated) row per user and the prefix rows beside it (``prefix_inter_feat``): histories and lengths
+    must come from those, which show every training interaction."""
+    prefix = getattr(train_dataset, "prefix_inter_feat", None)
+    return train_dataset if prefix is None else train_dataset.copy(prefix)
+
+
 def split_items(split_dataset, n_users: int, n_items: int) -> sp.csr_matrix:
     """Users x items matrix of every item a split's rows show: targets plus the input of each user's first row.
 
@@ -70,11 +78,7 @@ class EvaluationOptionsMixin:
 
     def prepare_evaluation(self, train_data, valid_data, test_data) -> None:
         """Build the users' histories per evaluation split and the whole-sequence lengths."""
-        dataset = train_data._dataset
-        # Whole-sequence training keeps one (possibly truncated) row per user; histories and lengths come
-        # from RecBole's prefix rows, which show every training interaction.
-        if getattr(dataset, "prefix_inter_feat", None) is not None:
-            dataset = dataset.copy(dataset.prefix_inter_feat)
+        dataset = prefix_rows(train_data._dataset)
         n_users, n_items = dataset.user_num, dataset.item_num
         splits = [dataset] + [d._dataset for d in (valid_data, test_data) if d]
         # Each target of a split is one interaction; the user's first interaction is never a target.

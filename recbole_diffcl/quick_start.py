@@ -19,7 +19,7 @@ from recbole.config import Config
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_diffcl import console
-from recbole_diffcl.data.dataloader import bucketed_train_data, whole_sequence_train_data
+from recbole_diffcl.data.dataloader import training_loader
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.evaluation import with_evaluation_options
 from recbole_diffcl.preflight import (
@@ -60,8 +60,6 @@ class PluginConfig(Config):
     def _init_device(self):
         """RecBole's device set-up, plus multi-process training on CPUs (gloo): RecBole's own path needs
         one CUDA device per process (nccl)."""
-        import torch
-
         d = self.final_config_dict
         if "local_rank" not in d or (torch.cuda.is_available() and str(d["gpu_id"]) != "" and d.get("use_gpu", True)):
             return super()._init_device()
@@ -189,7 +187,7 @@ def build_data(config: Config, prepared: Optional[tuple] = None):
     """``(dataset, train_data, valid_data, test_data)`` of a run, the training loader shaped by its options
     (whole-sequence rows, length bucketing). ``prepared``: what :func:`load_checked_data` returned."""
     data, train_data, valid_data, test_data = prepared if prepared is not None else load_checked_data(config)
-    train_data = bucketed_train_data(config, whole_sequence_train_data(config, train_data))
+    train_data = training_loader(config, train_data)
     return data, train_data, valid_data, test_data
 
 
@@ -349,27 +347,26 @@ def run_multiprocess(
     """
     result_file = run_kwargs.get("result_file")
     config_dict = run_kwargs["config_dict"] = dict(run_kwargs.get("config_dict") or {})
-    from recbole_diffcl.errors import UserError as _UserError
 
     if world_size == -1:
         world_size = nproc
     if nproc < 1 or world_size < nproc or offset < 0 or offset + nproc > world_size:
-        raise _UserError(
+        raise UserError(
             f"--nproc={nproc}, --world_size={world_size}, --offset={offset} do not fit together: this machine runs "
             f"ranks offset .. offset + nproc - 1 of world_size processes. Fix: e.g. --nproc=2 alone on one machine, "
             f"or --nproc=2 --world_size=4 --offset=0 / --offset=2 on two machines."
         )
     if run_kwargs.get("resume"):
-        raise _UserError("--resume is not available with --nproc > 1 yet. Fix: resume with one process (drop --nproc).")
+        raise UserError("--resume is not available with --nproc > 1 yet. Fix: resume with one process (drop --nproc).")
     _, config = load_config(run_kwargs.get("model") or "DiffCLRec", run_kwargs.get("dataset") or "ml-100k",
                             run_kwargs.get("config_file_list"), config_dict)
     if config["user_rankings_file"]:
-        raise _UserError(
+        raise UserError(
             "user_rankings_file is written by one process only; it is not available with --nproc > 1. Fix: drop "
             "--nproc (or the user_rankings_file property)."
         )
     if torch.cuda.is_available() and config["use_gpu"] and torch.cuda.device_count() < nproc:
-        raise _UserError(
+        raise UserError(
             f"--nproc={nproc} needs one GPU per process, but {torch.cuda.device_count()} are visible. Fix: pass "
             f"--nproc={torch.cuda.device_count()}, or --gpu_id='' to train on CPUs (gloo)."
         )
@@ -384,7 +381,7 @@ def run_multiprocess(
     try:
         mp.spawn(_process, args=(run_kwargs, distributed), nprocs=nproc, join=True)
     except mp.ProcessExitedException as exc:
-        raise _UserError(
+        raise UserError(
             f"process {exc.error_index} of the multi-process run stopped with exit code {exc.exit_code} (its message "
             f"is above). Fix: correct that, or run with --nproc=1 to see the problem in one process."
         ) from None

@@ -139,11 +139,11 @@ class Recommender:
         return seq, length + 1
 
     def _histories(self, uids: np.ndarray, with_test: bool) -> list[np.ndarray]:
-        from recbole_diffcl.evaluation import split_items
+        from recbole_diffcl.evaluation import prefix_rows, split_items
 
         n_users, n_items = self.dataset.user_num, self.dataset.item_num
-        splits = [d for d in (self.splits if with_test else self.splits[:2]) if d]
-        seen = sum(split_items(d._dataset, n_users, n_items) for d in splits).tocsr()
+        train, *evaluated = [d._dataset for d in (self.splits if with_test else self.splits[:2]) if d]
+        seen = sum(split_items(d, n_users, n_items) for d in [prefix_rows(train), *evaluated]).tocsr()
         return [seen[int(u)].indices for u in uids]
 
     # --------------------------------------------------------------------------------------- scoring

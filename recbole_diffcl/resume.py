@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from recbole_diffcl.checkpoint import (
+    LAST_SUFFIX,
     config_from_checkpoint,
     dataset_fingerprint,
     find_latest_checkpoint,
@@ -180,7 +181,7 @@ class ResumableMixin:
 def _best_file_of(checkpoint: dict, resume_file: str) -> str:
     """The best checkpoint of the resumed run (where it was written, or beside ``resume_file``)."""
     best = checkpoint.get("best_file")
-    if not best or not resume_file.endswith("-last.pth"):
+    if not best or not resume_file.endswith(LAST_SUFFIX):
         return os.path.abspath(resume_file)  # resuming from a best checkpoint: it stays the best one
     for candidate in (best, os.path.join(os.path.dirname(os.path.abspath(resume_file)), os.path.basename(best))):
         if os.path.isfile(candidate):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import pickle
 import sys
 from typing import Any, Optional
 
@@ -23,85 +22,26 @@ import torch
 
 from recbole_diffcl.errors import UserError, exit_code_of
 
-#: values RecBole's Config derives itself; they are recomputed, never copied from the checkpoint
-DERIVED_KEYS = frozenset(
-    {
-        "model", "dataset", "data_path", "device", "single_spec", "local_rank", "MODEL_TYPE",
-        "MODEL_INPUT_TYPE", "eval_type", "valid_neg_sample_args", "test_neg_sample_args",
-    }
-)
 CSV_COLUMNS = ["user_id", "position", "item", "chosen", "candidates", "candidate_scores", "view1", "view2"]
 
 
-def read_checkpoint(path: str) -> dict[str, Any]:
-    """A plugin checkpoint, loaded safely on the CPU; a :class:`UserError` when it is not one."""
-    fix = "Fix: pass a .pth file written by this plugin's runner (python run_recbole_diffcl.py, into saved/)."
-    if not os.path.isfile(path):
-        raise UserError(f"Checkpoint '{path}' does not exist. {fix}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # not a pickle of refused objects: not a checkpoint at all
-            raise UserError(f"'{path}' is not a torch checkpoint (UnpicklingError). {fix}") from None
+def load_diffclrec(path: str, data_path: Optional[str] = None):
+    """(config, model in eval mode on the CPU, dataset, training loader) of the DiffCLRec run that wrote
+    the checkpoint ``path``, rebuilt by :func:`recbole_diffcl.checkpoint.load_data_and_model`."""
+    from recbole_diffcl.checkpoint import load_data_and_model, read_checkpoint
+
+    model_name = read_checkpoint(path, metadata_only=True)["config"]["model"]
+    if model_name != "DiffCLRec":
         raise UserError(
-            f"'{path}' holds Python objects that torch's safe loader refuses: it is not a recbole_diffcl "
-            f"checkpoint (RecBole's own trainer pickles its whole Config). {fix}"
-        ) from None
-    except Exception as exc:  # torch raises many kinds on files that are not checkpoints
-        raise UserError(f"'{path}' is not a torch checkpoint ({type(exc).__name__}). {fix}") from None
-    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    if not isinstance(config, dict) or "state_dict" not in checkpoint or not {"model", "dataset"} <= set(config):
-        raise UserError(f"'{path}' is a torch file but not a recbole_diffcl checkpoint (no config or state_dict). {fix}")
-    if config["model"] != "DiffCLRec":
-        raise UserError(
-            f"'{path}' is a checkpoint of {config['model']}, but the view report needs DiffCLRec (the only model whose "
+            f"'{path}' is a checkpoint of {model_name}, but the view report needs DiffCLRec (the only model whose "
             f"views come from a denoiser). Fix: pass a DiffCLRec checkpoint (python run_recbole_diffcl.py "
             f"--model=DiffCLRec writes one into saved/)."
         )
-    return checkpoint
-
-
-def load_model_and_data(checkpoint: dict, data_path: Optional[str] = None):
-    """(config, model in eval mode, dataset, training dataloader) of the run that wrote ``checkpoint``.
-
-    A small local stand-in for ``quick_start.load_data_and_model`` (issue 14), which may replace it.
-    """
-    from recbole.data import data_preparation
-
-    from recbole_diffcl.data import create_dataset
-    from recbole_diffcl.data.dataloader import whole_sequence_train_data
-    from recbole_diffcl.quick_start import load_config
-
-    stored = checkpoint["config"]
-    properties = {k: v for k, v in stored.items() if k not in DERIVED_KEYS}
-    negatives = properties.get("train_neg_sample_args")
-    if isinstance(negatives, dict) and negatives.get("distribution", "none") == "none":
-        properties["train_neg_sample_args"] = None  # RecBole's input form of "no negative sampling"
-    stored_path = stored.get("data_path")
-    properties["data_path"] = data_path or (os.path.dirname(os.path.normpath(str(stored_path))) if stored_path else None)
-    properties.update(show_progress=False, state="ERROR", log_wandb=False)
-    _, config = load_config(str(stored["model"]), str(stored["dataset"]), None, properties)
-    inter = os.path.join(config["data_path"], f"{config['dataset']}.inter")
-    if not os.path.isfile(inter):
-        raise UserError(
-            f"The checkpoint was trained on dataset '{config['dataset']}', whose atomic file {inter} does not exist. "
-            f"Fix: pass --data_path=DIR with DIR holding {config['dataset']}/ (the folder the run read its data from)."
-        )
-    dataset = create_dataset(config)
-    train_data, _, _ = data_preparation(config, dataset)
-    train_data = whole_sequence_train_data(config, train_data)
-    from recbole_diffcl.model.diffclrec import DiffCLRec
-
-    model = DiffCLRec(config, train_data._dataset)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(
-            f"The checkpoint's weights do not fit the model rebuilt from its configuration and the data at "
-            f"{config['data_path']} ({str(exc).splitlines()[0]}). Fix: point --data_path at the data the model was "
-            f"trained on."
-        ) from None
-    return config, model.eval(), dataset, train_data
+    overrides = dict(show_progress=False, state="ERROR", log_wandb=False, use_gpu=False)
+    if data_path:
+        overrides["data_path"] = data_path
+    config, model, dataset, train_data, _, _ = load_data_and_model(path, overrides)
+    return config, model, dataset, train_data
 
 
 def training_rows(train_data, config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,18 +87,18 @@ def sample_views(model, item_seq: torch.Tensor, item_seq_len: torch.Tensor, enco
             "sampled": sampled, "views": views}
 
 
-def dataset_statistics(model, train_data, config, batch_size: int = 512) -> dict[str, float]:
-    """The view statistics over every user's training sequence (dropout off)."""
-    _, seqs, lengths, _ = training_rows(train_data, config)
+def dataset_statistics(model, training: tuple, batch_size: int = 512) -> dict[str, float]:
+    """The view statistics over every user's training sequence (``training``: :func:`training_rows`; dropout off)."""
+    _, seqs, lengths, _ = training
     model.pop_statistics()
     for start in range(0, len(seqs), batch_size):
         sample_views(model, seqs[start : start + batch_size], lengths[start : start + batch_size])
     return model.pop_statistics()
 
 
-def pick_users(dataset, train_data, config, users: Optional[str], n: int) -> list[int]:
-    """Row indices (into :func:`training_rows`) of the users named by token, or of the first ``n`` users."""
-    uids = training_rows(train_data, config)[0]
+def pick_users(dataset, config, uids: torch.Tensor, users: Optional[str], n: int) -> list[int]:
+    """Row indices (into ``uids``, the users of :func:`training_rows`) of the users named by token, or of the
+    first ``n`` users."""
     if not users:
         return list(range(min(n, len(uids))))
     tokens = [t.strip() for t in users.split(",") if t.strip()]
@@ -176,9 +116,9 @@ def pick_users(dataset, train_data, config, users: Optional[str], n: int) -> lis
     return [position[int(i)] for i in ids]
 
 
-def report(model, dataset, train_data, config, rows: list[int]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Printed lines and CSV records of the views of these users."""
-    uids, seqs, lengths, targets = training_rows(train_data, config)
+def report(model, dataset, config, training: tuple, rows: list[int]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Printed lines and CSV records of the views of these users (``training``: :func:`training_rows`)."""
+    uids, seqs, lengths, targets = training
     rows_t = torch.tensor(rows, dtype=torch.long)
     out = sample_views(model, seqs[rows_t], lengths[rows_t], encode=False)
     iid, uid = config["ITEM_ID_FIELD"], config["USER_ID_FIELD"]
@@ -252,11 +192,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     def command() -> int:
         if args.n < 1:
             raise UserError(f"--n must be a positive number of users, got {args.n}. Fix: pass --n=5, or --users=...")
-        checkpoint = read_checkpoint(args.checkpoint)
-        config, model, dataset, train_data = load_model_and_data(checkpoint, args.data_path)
-        rows = pick_users(dataset, train_data, config, args.users, args.n)
+        config, model, dataset, train_data = load_diffclrec(args.checkpoint, args.data_path)
+        training = training_rows(train_data, config)  # read once, used by every part of the report
+        rows = pick_users(dataset, config, training[0], args.users, args.n)
         torch.manual_seed(args.seed)
-        lines, records = report(model, dataset, train_data, config, rows)
+        lines, records = report(model, dataset, config, training, rows)
         print("\n".join(lines))
         csv_path = args.csv or args.checkpoint + ".views.csv"
         os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
@@ -267,8 +207,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"views of {len(rows)} users written to {csv_path}")
         if not args.no_dataset_statistics:
             torch.manual_seed(args.seed)
-            stats = dataset_statistics(model, train_data, config)
-            print(f"view statistics over the {len(training_rows(train_data, config)[0])} training sequences "
+            stats = dataset_statistics(model, training)
+            print(f"view statistics over the {len(training[0])} training sequences "
                   f"(one draw each, dropout off):")
             for name, value in stats.items():
                 print(f"  {name:20s} {value:.4f}  {STAT_HELP.get(name, '')}")

@@ -166,25 +166,3 @@ def test_ddim_reverse_keeps_shape_and_uses_context():
     out_b = diffusion.ddim_reverse(den, x0b, chosen, seq != 0, schedule, steps=4, generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(out[1, 2], out_b[1, 2])
 
-
-def test_dense_forward_process_matches_the_compacted_one_in_distribution_and_masks():
-    from recbole_diffcl import diffusion
-
-    torch.manual_seed(0)
-    item_seq = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 0, 0, 0]]).repeat(2000, 1)
-    chosen = diffusion.choose_positions_dense(item_seq, 0.3)
-    real = item_seq != 0
-    assert not (chosen & ~real).any()
-    assert abs(chosen[real].float().mean().item() - 0.3) < 0.01
-    schedule = diffusion.NoiseSchedule("sqrt", 100)
-    emb = torch.randn(*item_seq.shape, 8)
-    x0 = diffusion.add_context_noise_dense(emb, real, schedule)
-    assert torch.equal(x0[~real], emb[~real])  # padding untouched
-    t = torch.randint(0, 100, (item_seq.size(0),))
-    x_t = diffusion.q_sample_dense(x0, t, chosen, schedule)
-    assert torch.equal(x_t[~chosen], x0[~chosen]) and not torch.equal(x_t[chosen], x0[chosen])
-    sampled = diffusion.sample_topk(torch.randn(*item_seq.shape, 12), k=3, n_views=2)
-    assert sampled.shape == (*item_seq.shape, 2) and (sampled != 0).all()
-    views = diffusion.make_views_dense(item_seq, chosen, sampled)
-    assert all(torch.equal(v[~chosen], item_seq[~chosen]) for v in views)
-    assert torch.equal(views[1][chosen], sampled[..., 1][chosen])

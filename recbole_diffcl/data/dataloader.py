@@ -99,3 +99,9 @@ def whole_sequence_train_data(config, train_data: TrainDataLoader) -> TrainDataL
     whole = dataset.copy(feat[keep])
     whole.prefix_inter_feat = feat  # DuoRec draws its same-target positives from all prefix rows
     return TrainDataLoader(config, whole, train_data._sampler, shuffle=True)
+
+
+def training_loader(config, train_data: TrainDataLoader) -> TrainDataLoader:
+    """RecBole's training loader shaped by the run's options: one row per user with
+    ``whole_sequence_training``, length-bucketed batches with ``length_bucketing`` (what the runner trains on)."""
+    return bucketed_train_data(config, whole_sequence_train_data(config, train_data))

@@ -328,9 +328,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
             return self.bce_loss(seq_output, pos_items, interaction[self.ITEM_SEQ])
         if self.loss_type == "BPR":
             neg_items = interaction[self.NEG_ITEM_ID]
-            pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)
-            neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)
-            return self.loss_fct(pos_score, neg_score)
+            return self.loss_fct(self.score_pairs(seq_output, pos_items), self.score_pairs(seq_output, neg_items))
         return self.loss_fct(seq_output @ self.item_table.T, pos_items)
 
     def whole_sequence_rec_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
@@ -350,34 +348,27 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         targets[rows, item_seq_len - 1] = interaction[self.POS_ITEM_ID]
         return targets
 
-    def every_position_loss_dense(
-        self, outputs: torch.Tensor, targets: torch.Tensor, item_seq: torch.Tensor, item_seq_len: torch.Tensor
-    ) -> torch.Tensor:
-        """:meth:`every_position_loss` without compacting the real positions (the same value)."""
-        real = targets != 0
-        if self.loss_type == "BCE":
-            row_items = torch.cat([self.trim(item_seq, item_seq_len)[:, :1], targets], dim=1)
-            negatives = sample_negatives(targets, self.n_items, row_items)
-            terms = F.softplus(-self.score_pairs(outputs, targets)) + F.softplus(self.score_pairs(outputs, negatives))
-            return (terms * real).sum() / real.sum().clamp(min=1)
-        logits = outputs @ self.item_table.T  # B x L' x n_items
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
-
     def every_position_loss(
         self, outputs: torch.Tensor, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction
     ) -> torch.Tensor:
-        """The next-item loss of encoder ``outputs`` (B x L' x d, trimmed rows) at every real position."""
+        """The next-item loss of encoder ``outputs`` (B x L' x d, trimmed rows) at every real position.
+
+        With ``sync_free`` every position is scored, padding included, and masked (the same value without
+        boolean indexing, which makes the host wait for the device); else the real positions are compacted.
+        """
         targets = self.every_position_targets(item_seq, item_seq_len, interaction)
         real = targets != 0
-        if self.sync_free:  # every position, padding included, masked: no boolean indexing (host syncs)
-            return self.every_position_loss_dense(outputs, targets, item_seq, item_seq_len)
         if self.loss_type == "BCE":
             # the row's items: its input sequence plus its target (the authors' negatives avoid them)
             row_items = torch.cat([self.trim(item_seq, item_seq_len)[:, :1], targets], dim=1)
-            outputs_real, targets_real = outputs[real], targets[real]
-            row_of = real.nonzero(as_tuple=True)[0]
-            negatives = sample_negatives(targets_real, self.n_items, row_items[row_of])
-            return self.loss_fct(self.score_pairs(outputs_real, targets_real), self.score_pairs(outputs_real, negatives))
+            if not self.sync_free:
+                return self.bce_loss(outputs[real], targets[real], row_items[real.nonzero(as_tuple=True)[0]])
+            negatives = sample_negatives(targets, self.n_items, row_items)
+            terms = F.softplus(-self.score_pairs(outputs, targets)) + F.softplus(self.score_pairs(outputs, negatives))
+            return (terms * real).sum() / real.sum().clamp(min=1)
+        if self.sync_free:
+            logits = outputs @ self.item_table.T  # B x L' x n_items
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
         return self.loss_fct(outputs[real] @ self.item_table.T, targets[real])
 
     def next_item_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:

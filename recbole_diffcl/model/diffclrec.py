@@ -155,13 +155,12 @@ class DiffCLRec(ContrastiveSequentialRecommender):
                 if module is not None:
                     module.requires_grad_(False)
         # Item popularity in the training data (for aug_source=popularity); not saved in checkpoints.
+        self.register_buffer("item_counts", torch.zeros(0), persistent=False)
+        self.register_buffer("item_percentiles", torch.zeros(0), persistent=False)
+        self.has_item_counts = False
         counts = training_item_counts(dataset, self.n_items)
-        self.register_buffer("item_counts", counts if counts is not None else torch.zeros(0), persistent=False)
-        self.has_item_counts = counts is not None and bool(counts.sum() > 0)
-        self.register_buffer(
-            "item_percentiles", popularity_percentiles(counts) if self.has_item_counts else torch.zeros(0),
-            persistent=False,
-        )
+        if counts is not None:
+            self.set_item_counts(counts)
         # The denoiser runs when it makes the views or when its losses train something.
         self.runs_denoiser = self.aug_source == "diffusion" or (
             self.train_diffusion and (self.nll_weight > 0 or self.mse_weight > 0)
@@ -170,7 +169,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
     def set_item_counts(self, counts: torch.Tensor) -> None:
         """Replace the training item counts (n_items values; what ``aug_source=popularity`` samples by)."""
         self.item_counts = counts.to(self.item_embedding.weight.device, torch.float32)
-        self.has_item_counts = bool(self.item_counts.sum() > 0)
+        self.has_item_counts = bool(self.item_counts.sum() > 0)  # once, at build time: not in the step
         self.item_percentiles = popularity_percentiles(self.item_counts) if self.has_item_counts else torch.zeros(0)
 
     # -- the diffusion model ------------------------------------------------------------------------
