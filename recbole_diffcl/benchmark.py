@@ -12,8 +12,10 @@ that configuration only.
 Each run is one process of the plugin's runner (``python -m recbole_diffcl``, the same code path as
 ``run_recbole_diffcl.py``) with ``--seed``, ``--result_file=DIR/runs/<model>-<seed>.json`` and
 ``--user_rankings_file=DIR/runs/<model>-<seed>.users.csv``; its output goes to
-``DIR/runs/<model>-<seed>.log``. A run counts as finished when its result file is complete, so the
-same command again skips finished runs and redoes failed or interrupted ones.
+``DIR/runs/<model>-<seed>.log``; its checkpoints go to ``DIR/checkpoints/<model>-<seed>/``. A run counts as
+finished when its result file is complete, so the same command again skips finished runs; an interrupted
+run (Ctrl-C, kill, a session that ended) continues from the last epoch checkpoint it wrote, with the
+runner's exact ``--resume``, and a failed run without one starts again.
 
 Writes ``DIR/results.csv`` (one row per run), ``DIR/summary.md`` (mean +- std per model, best in bold,
 paired t-tests of the reference model against each baseline, metrics by sequence-length group) and
@@ -42,11 +44,20 @@ from recbole_diffcl.report import (
     write_plot,
     write_summary,
 )
-from recbole_diffcl.runs import RunSpec, duration, execute, load_finished, run_command, tail, user_error_message
+from recbole_diffcl.runs import (
+    RunSpec,
+    duration,
+    execute,
+    load_finished,
+    resumable_checkpoint,
+    run_command,
+    tail,
+    user_error_message,
+)
 from recbole_diffcl.utils import atomic_write, get_model, require_extra
 
 #: Properties the benchmark sets for each run itself.
-RESERVED = {"model", "dataset", "seed", "result_file", "user_rankings_file", "config_files"}
+RESERVED = {"model", "dataset", "seed", "result_file", "user_rankings_file", "config_files", "checkpoint_dir"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,16 +226,22 @@ def run_all(
             results[spec.name] = finished[spec.name]
             print(f"[{i}/{n}] {spec.model} seed {spec.seed}: finished earlier, skipped", flush=True)
 
-    def start(i: int, spec: RunSpec) -> float:
+    def start(i: int, spec: RunSpec) -> tuple[float, list[str], bool]:
+        """Print the run's line; return its start time, its command and whether it resumes."""
         left = len(pending) - len(executed_seconds)
         eta = "ETA after the first run"
         if executed_seconds:  # the mean of this invocation's runs, times the runs left (over the parallel ones)
             eta = f"ETA {duration(sum(executed_seconds) / len(executed_seconds) * left / parallel)}"
-        print(f"[{i}/{n}] {spec.model} seed {spec.seed}: running ({left} left, {eta}); log {spec.log_file}",
+        resume = resumable_checkpoint(spec, dataset)
+        how = f"resuming from {resume}" if resume else "running"
+        print(f"[{i}/{n}] {spec.model} seed {spec.seed}: {how} ({left} left, {eta}); log {spec.log_file}",
               flush=True)
         for stale in (spec.result_file, spec.rankings_file):
             stale.unlink(missing_ok=True)  # a failed or interrupted run's leftovers
-        return time.time()
+        if resume:
+            with open(spec.log_file, "a", encoding="utf-8") as log:
+                log.write(f"\n--- interrupted; the benchmark resumes this run from {resume} ---\n")
+        return time.time(), run_command(spec, dataset, config_files, overrides, resume), resume is not None
 
     def finish(i: int, spec: RunSpec, code: int, started: float) -> None:
         executed_seconds.append(time.time() - started)
@@ -251,13 +268,10 @@ def run_all(
               flush=True)
         print(tail(spec.log_file), flush=True)
 
-    def command(spec: RunSpec) -> list[str]:
-        return run_command(spec, dataset, config_files, overrides)
-
     if parallel <= 1:
         for i, spec in pending:
-            started = start(i, spec)
-            finish(i, spec, execute(command(spec), spec.log_file, verbose), started)
+            started, cmd, resuming = start(i, spec)
+            finish(i, spec, execute(cmd, spec.log_file, verbose, append=resuming), started)
         return results, failed
 
     # Runs are processes: threads only wait for them. A user error in one stops the others from starting.
@@ -270,8 +284,8 @@ def run_all(
             while queue or running:
                 while queue and len(running) < parallel:
                     i, spec = queue.pop(0)
-                    started = start(i, spec)
-                    running[pool.submit(execute, command(spec), spec.log_file, False)] = (i, spec, started)
+                    started, cmd, resuming = start(i, spec)
+                    running[pool.submit(execute, cmd, spec.log_file, False, append=resuming)] = (i, spec, started)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     i, spec, started = running.pop(future)
@@ -310,7 +324,8 @@ def benchmark(argv: Sequence[str]) -> int:
     try:
         results, failed = run_all(specs, args.dataset, config_files, overrides, args.verbose, max(1, args.parallel))
     except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
+        print("interrupted: finished runs are kept; run the same command again to continue (an interrupted run "
+              "resumes from its last epoch checkpoint)", file=sys.stderr)
         return 130
 
     table = build_rows(specs, results, groups)

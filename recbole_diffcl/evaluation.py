@@ -12,7 +12,11 @@ Two properties change or extend what the trainer's full-sort evaluation does:
   user: the user's token, the user's whole-sequence length (interactions in train + valid + test),
   the target item, the target's rank among all candidates and its position in RecBole's top-k list
   (0 when outside). The top-k position is taken from exactly the ``torch.topk`` call RecBole's
-  ``Collector`` makes, so metrics recomputed from the file equal RecBole's test result.
+  ``Collector`` makes, so metrics recomputed from the file equal RecBole's test result. The same test
+  evaluation also keeps :func:`positions_by_length` (how many test users of each length had the target at
+  each top-k position), which the runner puts in its result file: every top-k metric of any grouping of
+  the users by length follows from it, so a result file alone (without the per-user file, which holds the
+  test items) is enough for the benchmark's tables.
 
 :func:`recbole_diffcl.report.group_metrics` recomputes RecBole's top-k metrics for users grouped by
 sequence length from such a file.
@@ -164,6 +168,28 @@ class EvaluationOptionsMixin:
             writer.writerow(RANKING_COLUMNS)
             writer.writerows(zip(user_tokens, lengths.tolist(), item_tokens, ranks.tolist(), positions.tolist()))
         getLogger().info(f"per-user test rankings: {path}")
+        self.test_positions_by_length = positions_by_length(lengths, positions, max(self.config["topk"]))
+
+
+def positions_by_length(lengths: np.ndarray, positions: np.ndarray, max_k: int) -> dict[str, list[int]]:
+    """``{length: [users whose target was outside the top max_k, at position 1, ..., at position max_k]}``."""
+    counts: dict[str, list[int]] = {}
+    for length in np.unique(lengths):
+        at = np.bincount(positions[lengths == length], minlength=max_k + 1)
+        counts[str(int(length))] = at.tolist()
+    return counts
+
+
+def rankings_from_positions(counts: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """The ``seq_len`` and ``topk_position`` columns that :func:`positions_by_length` summarised, one entry
+    per user (in length order)."""
+    lengths, positions = [], []
+    for length, at in counts.items():
+        lengths.append(np.full(sum(at), int(length), dtype=np.int64))
+        positions.append(np.repeat(np.arange(len(at), dtype=np.int64), at))
+    if not lengths:
+        return {"seq_len": np.zeros(0, np.int64), "topk_position": np.zeros(0, np.int64)}
+    return {"seq_len": np.concatenate(lengths), "topk_position": np.concatenate(positions)}
 
 
 def with_evaluation_options(trainer_class: type) -> type:

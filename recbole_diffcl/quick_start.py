@@ -36,7 +36,7 @@ from recbole_diffcl.preflight import (
 from recbole_diffcl.properties import validate_properties
 from recbole_diffcl.resume import resumable, resumed_config
 from recbole_diffcl.trainer import get_trainer, plain
-from recbole_diffcl.utils import atomic_write, get_model, props_dir
+from recbole_diffcl.utils import atomic_write, code_version, get_model, machine_description, props_dir
 
 
 # RecBole 1.2.1 fills missing values with pandas' chained inplace fillna, which pandas 2.2 flags with
@@ -242,6 +242,7 @@ def _train_and_evaluate(
         "seconds_per_epoch": [round(s, 3) for s in getattr(trainer, "epoch_seconds", [])],
         "valid_curve": getattr(trainer, "valid_curve", []),
         "view_statistics": getattr(trainer, "view_statistics", []),
+        "test_positions_by_length": getattr(trainer, "test_positions_by_length", None),
         "test_eval_seconds": round(test_eval_seconds, 3),
         "wall_seconds": None,  # filled in by run()
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
@@ -310,6 +311,8 @@ def run(
     if torch.cuda.is_available():
         summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     summary["log_file"] = log_file
+    summary["machine"] = machine_description(config["device"])
+    summary["code_version"] = code_version()
     summary["processes"] = config["world_size"] if not config["single_spec"] else 1
     if not lead:
         return summary

@@ -2,8 +2,9 @@
 ``results.csv``, ``summary.md`` and ``summary.png``.
 
 :func:`group_metrics` recomputes RecBole's top-k metrics (its own metric classes) for users grouped by
-whole-sequence length (:func:`parse_length_groups`) from a run's ``user_rankings_file``
-(:func:`read_rankings`; the trainer writes it, :mod:`recbole_diffcl.evaluation`). :func:`build_rows`
+whole-sequence length (:func:`parse_length_groups`) from a run's result file (its
+``test_positions_by_length``) or ``user_rankings_file`` (:func:`run_rankings`; the trainer writes both,
+:mod:`recbole_diffcl.evaluation`). :func:`build_rows`
 makes one row per finished run; :func:`write_summary` writes mean ± std per model, the paired t-tests
 of the reference model against each baseline and the tables by group; :func:`write_plot` the bar charts
 (matplotlib, the ``plot`` extra).
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from recbole_diffcl.errors import UserError
-from recbole_diffcl.evaluation import RANKING_COLUMNS
+from recbole_diffcl.evaluation import RANKING_COLUMNS, rankings_from_positions
 from recbole_diffcl.runs import RunSpec, mean_epoch_seconds
 
 
@@ -99,6 +100,13 @@ def read_rankings(path: str) -> dict[str, np.ndarray]:
     if missing:
         raise ValueError(f"{path} lacks the columns {sorted(missing)}")
     return {c: frame[c].to_numpy() for c in RANKING_COLUMNS}
+
+
+def run_rankings(spec: RunSpec, result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A finished run's test users as ``seq_len`` and ``topk_position`` arrays: from its result file's
+    ``test_positions_by_length`` (complete on its own), else from its ``user_rankings_file``."""
+    counts = result.get("test_positions_by_length")
+    return rankings_from_positions(counts) if counts else read_rankings(str(spec.rankings_file))
 
 
 def topk_from_result_keys(keys: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -199,7 +207,7 @@ def build_rows(specs: list[RunSpec], results: dict[str, dict], groups: list[Leng
         valid_metric = (result.get("properties") or {}).get("valid_metric") or valid_metric
         metrics += [k for k in test if k not in metrics]
         names, topk = topk_from_result_keys(list(test))
-        per_group = group_metrics(read_rankings(str(spec.rankings_file)), groups, names, topk)
+        per_group = group_metrics(run_rankings(spec, result), groups, names, topk)
         group_names += [g for g in per_group if g not in group_names]
         row: dict[str, Any] = {"model": spec.model, "model_class": spec.model_class, "seed": spec.seed, **test}
         for g, values in per_group.items():
@@ -422,8 +430,8 @@ def write_summary(
             "## By sequence length",
             "",
             "Users grouped by the number of their interactions over the whole sequence (train + valid + test); "
-            "the same metrics, computed with RecBole's metric classes on each run's per-user test rankings "
-            "(`runs/<model>-<seed>.users.csv`).",
+            "the same metrics, computed with RecBole's metric classes from each run's test rankings "
+            "(`test_positions_by_length` in `runs/<model>-<seed>.json`).",
             "",
         ]
         first = table.rows[0]

@@ -49,6 +49,11 @@ class RunSpec:
     def log_file(self) -> Path:
         return self.runs_dir / f"{self.name}.log"
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The run's own checkpoint folder (best and last epoch): where an interrupted run resumes from."""
+        return self.runs_dir.parent / "checkpoints" / self.name
+
 
 def runner_command(model: str, dataset: str, config_files: Sequence[str], overrides: Mapping[str, Any],
                    *extra: str) -> list[str]:
@@ -60,12 +65,24 @@ def runner_command(model: str, dataset: str, config_files: Sequence[str], overri
     return cmd + list(extra)
 
 
-def run_command(spec: RunSpec, dataset: str, config_files: list[str], overrides: dict[str, str]) -> list[str]:
-    """The runner's command line for one benchmark run (seed, result file, per-user rankings)."""
+def run_command(spec: RunSpec, dataset: str, config_files: list[str], overrides: dict[str, str],
+                resume: Optional[str] = None) -> list[str]:
+    """The runner's command line for one benchmark run (seed, result file, per-user rankings, its own
+    checkpoint folder), continuing from the checkpoint ``resume`` when given."""
     return runner_command(
         spec.model_class, dataset, [*config_files, *spec.config_files], overrides,
         f"--seed={spec.seed}", f"--result_file={spec.result_file}", f"--user_rankings_file={spec.rankings_file}",
+        f"--checkpoint_dir={spec.checkpoint_dir}", *([f"--resume={resume}"] if resume else []),
     )
+
+
+def resumable_checkpoint(spec: RunSpec, dataset: str) -> Optional[str]:
+    """The newest checkpoint an interrupted run of ``spec`` left in its checkpoint folder (None: start afresh)."""
+    if not spec.checkpoint_dir.is_dir():
+        return None
+    from recbole_diffcl.checkpoint import find_latest_checkpoint
+
+    return find_latest_checkpoint(str(spec.checkpoint_dir), spec.model_class, dataset)
 
 
 def read_result(path: Path) -> Optional[dict[str, Any]]:
@@ -78,7 +95,8 @@ def read_result(path: Path) -> Optional[dict[str, Any]]:
 
 
 def load_finished(spec: RunSpec, dataset: str) -> Optional[dict[str, Any]]:
-    """The run's result if it finished (complete result file and rankings), else None."""
+    """The run's result if it finished (complete result file with its test rankings by length, or the
+    per-user rankings file beside it), else None."""
     result = read_result(spec.result_file)
     complete = (
         result is not None
@@ -86,7 +104,7 @@ def load_finished(spec: RunSpec, dataset: str) -> Optional[dict[str, Any]]:
         and result.get("seed") == spec.seed
         and result.get("dataset") == dataset
         and bool(result.get("test_result"))
-        and spec.rankings_file.is_file()
+        and (bool(result.get("test_positions_by_length")) or spec.rankings_file.is_file())
     )
     return result if complete else None
 
@@ -107,9 +125,10 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": python_path()}
 
 
-def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = None) -> int:
-    """Run ``cmd``, its output into ``log_file`` (and the console when verbose); return the exit code."""
-    with open(log_file, "w", encoding="utf-8") as log:
+def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = None, append: bool = False) -> int:
+    """Run ``cmd``, its output into ``log_file`` (after what it holds with ``append``; also to the console
+    when verbose); return the exit code."""
+    with open(log_file, "a" if append else "w", encoding="utf-8") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(

@@ -121,3 +121,42 @@ def finite_float(text: str) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
+
+
+def machine_description(device: Any) -> str:
+    """What trained a run, for its result file: ``cuda: NVIDIA H200`` or ``cpu: AMD EPYC (2 threads)``.
+
+    Sessions of this project have run on AMD EPYC and Intel Xeon machines alike: a speed or quality figure
+    is only comparable with others from the same kind of machine.
+    """
+    import platform
+
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    return f"{device.type}: {name} ({torch.get_num_threads()} threads)"
+
+
+def code_version() -> Optional[str]:
+    """The git commit of the code that runs (with ``+changes`` when the checkout has uncommitted edits to
+    tracked files), or None outside a git checkout: a campaign's result files say which code made them."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=_PACKAGE_DIR.parent, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != _PACKAGE_DIR.parent:
+            return None  # an installed copy inside some other repository
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if dirty else "")

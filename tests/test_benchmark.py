@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recbole_diffcl import benchmark
-from recbole_diffcl.evaluation import EvaluationOptionsMixin
+from recbole_diffcl.evaluation import EvaluationOptionsMixin, rankings_from_positions
 from recbole_diffcl.report import ranking_metrics, read_rankings, topk_from_result_keys
 from tests.conftest import ROOT
 
@@ -63,6 +63,10 @@ def test_benchmark_end_to_end_and_rerun(tmp_path):
         result = json.loads((out / "runs" / f"{row['model']}-{row['seed']}.json").read_text())
         names, topk = topk_from_result_keys(list(result["test_result"]))
         assert ranking_metrics(rankings["topk_position"], names, topk) == result["test_result"]
+        # the result file's positions by length hold the same (length, position) pairs: enough on its own
+        summarised = rankings_from_positions(result["test_positions_by_length"])
+        assert sorted(zip(summarised["seq_len"], summarised["topk_position"])) == sorted(
+            zip(rankings["seq_len"], rankings["topk_position"]))
         # a group's value is the user-weighted share of the whole
         whole = sum(row[f"{g}_hit@20"] * row[f"{g}_users"] for g in groups) / len(rankings["user_id"])
         assert whole == pytest.approx(row["hit@20"], abs=2e-4)
@@ -97,7 +101,7 @@ def test_benchmark_end_to_end_and_rerun(tmp_path):
 def _fake_execute(fail: set):
     """Stand-in for running the runner: writes a plausible result (or fails) without training."""
 
-    def execute(cmd, log_file, verbose, cwd=None):
+    def execute(cmd, log_file, verbose, cwd=None, append=False):
         args = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--"))
         name = f"{args['model']}-{args['seed']}"
         Path(log_file).write_text("fake run\n")
@@ -201,7 +205,7 @@ def test_labelled_configurations_sit_side_by_side(tmp_path, monkeypatch, capsys)
     seen = []
     fake = _fake_execute(fail=set())
 
-    def recording(cmd, log_file, verbose, cwd=None):
+    def recording(cmd, log_file, verbose, cwd=None, append=False):
         seen.append(cmd)
         return fake(cmd, log_file, verbose, cwd)
 
@@ -239,7 +243,7 @@ def test_parallel_runs_give_the_same_table_and_respect_the_limit(tmp_path, monke
     fake = _fake_execute(fail={"DiffCLRec-2"})
     lock, state = threading.Lock(), {"now": 0, "most": 0}
 
-    def slow(cmd, log_file, verbose, cwd=None):
+    def slow(cmd, log_file, verbose, cwd=None, append=False):
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
@@ -261,3 +265,53 @@ def test_parallel_runs_give_the_same_table_and_respect_the_limit(tmp_path, monke
     parallel = pd.read_csv(tmp_path / "p" / "results.csv").sort_values(["model", "seed"]).reset_index(drop=True)
     serial = pd.read_csv(tmp_path / "s" / "results.csv").sort_values(["model", "seed"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(parallel, serial)
+
+
+# Loaded by every Python process of the killed benchmark (sitecustomize on PYTHONPATH): the runner kills
+# its whole process group (the benchmark included) right after the last checkpoint of epoch 1 is written.
+KILL_AT_EPOCH_1 = """
+from recbole_diffcl.resume import ResumableMixin
+save_last = ResumableMixin._save_last
+def save_then_kill_all(self, epoch):
+    import os, signal
+    save_last(self, epoch)
+    if epoch == 1:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+ResumableMixin._save_last = save_then_kill_all
+"""
+
+
+def test_killed_benchmark_resumes_its_run_with_the_same_result(tmp_path):
+    epochs = ["--epochs=4", "--stopping_step=100"]  # four epochs whatever validation says
+    args = ["--dataset=ml-100k", "--models=DiffCLRec", "--seeds=2020", "--length_groups=-21,22-",
+            *[a for a in TINY if not a.startswith("--epochs")], *epochs]
+    whole = run_module("recbole_diffcl.benchmark", [*args, f"--out={tmp_path / 'whole'}"], cwd=tmp_path)
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+
+    killer = tmp_path / "killer"
+    killer.mkdir()
+    (killer / "sitecustomize.py").write_text(KILL_AT_EPOCH_1)
+    env = {**os.environ, "PYTHONPATH": f"{killer}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "cut"
+    killed = subprocess.run([sys.executable, "-m", "recbole_diffcl.benchmark", *args, f"--out={out}"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert killed.returncode == -9
+    assert not (out / "runs" / "DiffCLRec-2020.json").exists()
+    assert list((out / "checkpoints" / "DiffCLRec-2020").glob("*-last.pth"))
+
+    again = run_module("recbole_diffcl.benchmark", [*args, f"--out={out}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "DiffCLRec seed 2020: resuming from" in again.stdout
+    log = (out / "runs" / "DiffCLRec-2020.log").read_text()
+    assert "the benchmark resumes this run" in log and "Resume training from epoch 2" in log
+    resumed_part = log.split("the benchmark resumes this run")[1]
+    assert [e for e in range(4) if f"epoch {e} training" in resumed_part] == [2, 3]  # one epoch lost at most
+
+    expected = json.loads((tmp_path / "whole" / "runs" / "DiffCLRec-2020.json").read_text())
+    got = json.loads((out / "runs" / "DiffCLRec-2020.json").read_text())
+    for key in ("test_result", "best_valid_result", "valid_curve", "test_positions_by_length"):
+        assert got[key] == expected[key], key
+    assert got["epochs_run"] == 4
+    assert pd.read_csv(out / "results.csv").drop(columns=["seconds_per_epoch", "wall_seconds", "peak_rss_mb",
+        "test_eval_seconds"]).equals(pd.read_csv(tmp_path / "whole" / "results.csv").drop(
+        columns=["seconds_per_epoch", "wall_seconds", "peak_rss_mb", "test_eval_seconds"]))
