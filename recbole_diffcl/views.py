@@ -72,14 +72,15 @@ def sample_views(model, item_seq: torch.Tensor, item_seq_len: torch.Tensor, enco
     real = item_seq != 0
     chosen = diffusion.choose_positions(item_seq, model.mask_ratio)
     original = item_seq[chosen]
-    x0, _, logits, denoiser_top = model.run_denoiser(item_seq, item_seq_len, real, chosen)
-    sampled, _ = model.view_replacements(original, chosen, real, x0, logits, denoiser_top)
+    x0, x0_pred, logits, denoiser_top = model.run_denoiser(item_seq, item_seq_len, real, chosen)
+    sampled, top = model.view_replacements(item_seq, item_seq_len, chosen, real, x0, x0_pred, logits, denoiser_top)
     views = diffusion.make_views(item_seq, chosen, sampled)
     scores = None
-    if logits is not None:
-        source = model.candidate_logits(x0, logits, chosen, real) if model.aug_source == "diffusion" else logits
-        scores = diffusion.topk_candidates(source, model.aug_topk)
-    model.record_view_statistics(original, real, denoiser_top, sampled)
+    if top is not None and top[0] is not None:  # the scores the views drew from
+        scores = top
+    elif logits is not None:  # the paper's views (the denoiser's own top-k), or the denoiser's for comparison
+        scores = diffusion.topk_candidates(logits, model.aug_topk)
+    model.record_view_statistics(original, real, denoiser_top, sampled, top[1] if top is not None else None)
     if encode and original.numel():
         z1, z2 = model.encode_views(views, item_seq_len, None)
         model.contrastive_loss(z1, z2)  # records cl_acc
@@ -94,6 +95,49 @@ def dataset_statistics(model, training: tuple, batch_size: int = 512) -> dict[st
     for start in range(0, len(seqs), batch_size):
         sample_views(model, seqs[start : start + batch_size], lengths[start : start + batch_size])
     return model.pop_statistics()
+
+
+@torch.no_grad()
+def timestep_spectrum(model, training: tuple, timesteps: list[int], batch_size: int = 512,
+                      seed: int = 2020) -> list[dict[str, float]]:
+    """What the denoiser proposes at fixed timesteps, over every user's training sequence (dropout off).
+
+    For each t: the noise's standard deviation sqrt(1 - alpha-bar_t) beside the per-dimension spread of the
+    diffusion's x0 (the scaled item table), how often the original item is ranked first / among the top
+    ``aug_topk`` of the candidate scores the views use (``aug_candidate_scores``, without ``aug_exclude``),
+    and the mean popularity percentile of those top-k candidates (0 rarest, 1 most popular).
+    """
+    from recbole_diffcl import diffusion
+
+    _, seqs, lengths, _ = training
+    spread = float(model.diffusion_table()[1 : model.n_items].std())
+    rows = []
+    for step in timesteps:
+        torch.manual_seed(seed)  # the same chosen positions and noise draws at every t
+        top1 = topk = pop = 0.0
+        count = 0
+        for start in range(0, len(seqs), batch_size):
+            item_seq_len = lengths[start : start + batch_size]
+            item_seq = model.trim(seqs[start : start + batch_size], item_seq_len)
+            real = item_seq != 0
+            chosen = diffusion.choose_positions(item_seq, model.mask_ratio)
+            if not chosen.any():
+                continue
+            original = item_seq[chosen]
+            t = torch.full((item_seq.size(0),), step, dtype=torch.long)
+            _, x0_pred, logits = model.denoise(item_seq, item_seq_len, real, chosen, t)
+            top = diffusion.topk_candidates(model.candidate_scores(x0_pred, logits), model.aug_topk).indices
+            top1 += float((top[:, 0] == original).sum())
+            topk += float((top == original[:, None]).any(1).sum())
+            if model.has_item_counts:
+                pop += float(model.item_percentiles[top].mean(1).sum())
+            count += original.numel()
+        rows.append({
+            "t": step, "noise_std": float(model.schedule.sqrt_one_minus_alphas_cumprod[step]), "x0_spread": spread,
+            "recon_top1": top1 / max(count, 1), "recon_topk": topk / max(count, 1),
+            "cand_pop_pct": pop / max(count, 1) if model.has_item_counts else float("nan"), "positions": count,
+        })
+    return rows
 
 
 def pick_users(dataset, config, uids: torch.Tensor, users: Optional[str], n: int) -> list[int]:
@@ -166,6 +210,8 @@ STAT_HELP = {
     "pop_pct_replacement": "mean popularity percentile of the replacements (0 rarest, 1 most popular)",
     "pop_pct_original": "mean popularity percentile of the items they replace",
     "cl_acc": "InfoNCE accuracy: a view's twin ranked first among the 2B-1 other views",
+    "view_cand_original": "original item among the candidates the views draw from (when those are not the "
+    "denoiser's own top-k: other scores, timesteps or exclusions)",
 }
 
 
@@ -183,7 +229,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/ if the data moved")
     parser.add_argument("--seed", type=int, default=2020, help="seed of the random draws (default 2020)")
     parser.add_argument("--no_dataset_statistics", action="store_true", help="skip the whole-training-set pass")
+    parser.add_argument("--timesteps", default=None,
+                        help="comma-separated timesteps: also print what the denoiser proposes at each fixed t over "
+                        "the training set (noise level, original item's top-1/top-k rate, candidates' popularity)")
     return parser.parse_args(argv)
+
+
+def parse_timesteps(text: Optional[str]) -> list[int]:
+    """``--timesteps``: comma-separated integers >= 0 (an empty list when not given)."""
+    if not text:
+        return []
+    try:
+        steps = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        steps = [-1]
+    if not steps or min(steps) < 0:
+        raise UserError(f"--timesteps={text} must be comma-separated integers >= 0. Fix: e.g. --timesteps=0,20,100,500,999.")
+    return steps
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -192,7 +254,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     def command() -> int:
         if args.n < 1:
             raise UserError(f"--n must be a positive number of users, got {args.n}. Fix: pass --n=5, or --users=...")
+        timesteps = parse_timesteps(args.timesteps)
         config, model, dataset, train_data = load_diffclrec(args.checkpoint, args.data_path)
+        if timesteps and max(timesteps) >= model.schedule.steps:
+            raise UserError(f"--timesteps={args.timesteps} holds a step beyond this model's diffusion_steps "
+                            f"({model.schedule.steps}). Fix: give steps from 0 to {model.schedule.steps - 1}.")
         training = training_rows(train_data, config)  # read once, used by every part of the report
         rows = pick_users(dataset, config, training[0], args.users, args.n)
         torch.manual_seed(args.seed)
@@ -212,6 +278,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"(one draw each, dropout off):")
             for name, value in stats.items():
                 print(f"  {name:20s} {value:.4f}  {STAT_HELP.get(name, '')}")
+        if timesteps:
+            print(f"the denoiser at fixed timesteps (candidate scores: {model.aug_candidate_scores}, diffusion input "
+                  f"scale: {model.diffusion_input_scale}, top {model.aug_topk}; training sequences, dropout off):")
+            print(f"  {'t':>5} {'noise std':>9} {'x0 spread':>9} {'top-1':>7} {'top-k':>7} {'cand. pop.':>10}")
+            for row in timestep_spectrum(model, training, timesteps, seed=args.seed):
+                print(f"  {row['t']:>5} {row['noise_std']:>9.3f} {row['x0_spread']:>9.3f} {row['recon_top1']:>7.4f} "
+                      f"{row['recon_topk']:>7.4f} {row['cand_pop_pct']:>10.4f}")
         return 0
 
     return exit_code_of(command)

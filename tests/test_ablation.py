@@ -51,7 +51,7 @@ def test_aug_source_popularity_follows_the_training_counts():
 def test_non_diffusion_sources_still_train_and_skip_the_denoiser_without_nll(source):
     torch.manual_seed(0)
     model = make_model(DiffCLRec, aug_source=source, mask_ratio=0.5, **SMALL)
-    rec, cl, nll, mse = model.calculate_loss(make_batch())
+    rec, cl, nll, mse, _ = model.calculate_loss(make_batch())
     assert cl.item() > 0 and nll.item() > 0  # the denoiser's NLL is still a loss
     model = make_model(DiffCLRec, aug_source=source, mask_ratio=0.5, nll_weight=0.0, **SMALL)
     assert not model.runs_denoiser
@@ -130,7 +130,7 @@ def test_train_diffusion_false_freezes_the_denoiser_but_still_makes_views(share)
     model = make_model(DiffCLRec, train_diffusion=False, share_item_embedding=share, mask_ratio=0.5, **SMALL)
     frozen = list(model.denoiser.parameters()) + ([] if share else [model.denoiser_item_embedding.weight])
     assert not any(p.requires_grad for p in frozen)
-    rec, cl, nll, mse = model.calculate_loss(make_batch())
+    rec, cl, nll, mse, _ = model.calculate_loss(make_batch())
     assert nll.item() == 0 and mse.item() == 0 and cl.item() > 0
     (rec + cl).backward()
     assert all(p.grad is None for p in frozen)

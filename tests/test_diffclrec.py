@@ -10,9 +10,9 @@ SMALL = dict(hidden_size=16, inner_size=32, denoiser_inner_size=32, diffusion_st
 
 def test_all_loss_parts_finite_and_named():
     torch.manual_seed(0)
-    model = make_model(DiffCLRec, mse_weight=0.5, mask_ratio=0.3, **SMALL)
+    model = make_model(DiffCLRec, mse_weight=0.5, mask_ratio=0.3, aug_rec_weight=0.5, **SMALL)
     parts = model.calculate_loss(make_batch())
-    assert len(parts) == len(model.loss_names) == 4
+    assert len(parts) == len(model.loss_names) == 5
     for name, part in zip(model.loss_names, parts):
         assert part.dim() == 0 and torch.isfinite(part), name
         assert part.item() > 0, f"{name} should be active with these weights"

@@ -75,3 +75,20 @@ def test_unknown_user_exits_2(checkpoint, capsys):
     assert views.main(["--checkpoint", checkpoint, "--users", "166,nobody"]) == 2
     err = capsys.readouterr().err
     assert "nobody" in err and "Fix:" in err
+
+
+def test_timestep_spectrum(checkpoint, tmp_path, capsys):
+    out = tmp_path / "v.csv"
+    assert views.main(["--checkpoint", checkpoint, "--n", "1", "--csv", str(out), "--no_dataset_statistics",
+                       "--timesteps", "0,10,49"]) == 0
+    printed = capsys.readouterr().out
+    assert "the denoiser at fixed timesteps" in printed
+    config, model, dataset, train_data = views.load_diffclrec(checkpoint)
+    rows = views.timestep_spectrum(model, views.training_rows(train_data, config), [0, 10, 49])
+    assert [r["t"] for r in rows] == [0, 10, 49]
+    assert rows[0]["noise_std"] < rows[1]["noise_std"] < rows[2]["noise_std"]
+    for r in rows:
+        assert r["positions"] > 0 and 0 <= r["recon_top1"] <= r["recon_topk"] <= 1 and 0 <= r["cand_pop_pct"] <= 1
+    for bad in ("0,x", "-1", "50"):  # 50: beyond the model's 50 steps
+        assert views.main(["--checkpoint", checkpoint, "--timesteps", bad, "--no_dataset_statistics"]) == 2
+        assert "--timesteps" in capsys.readouterr().err

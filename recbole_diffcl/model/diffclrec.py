@@ -25,6 +25,7 @@ only the left context, or none), ``share_item_embedding`` (the denoiser gets its
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -38,6 +39,20 @@ from recbole_diffcl.model.contrastive import ContrastiveSequentialRecommender
 
 NLL_REDUCTIONS = ("token", "sequence")
 AUG_SOURCES = ("diffusion", "random", "popularity")
+#: how the views score candidate items from the denoiser's x0 prediction (docs/views.md, issue #25)
+CANDIDATE_SCORES = ("dot", "cos", "debiased")
+#: the scale of the item embeddings the diffusion runs on
+INPUT_SCALES = ("none", "unit", "std")
+AUG_SAMPLING = ("topk_uniform", "softmax")
+AUG_EXCLUDE = ("none", "original", "history")
+
+
+def timestep_range() -> P.Check:
+    return (
+        lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(P._is_number(x) for x in v)
+        and 0 <= v[0] < v[1] <= 1,
+        "a list [low, high] of fractions of diffusion_steps with 0 <= low < high <= 1, e.g. [0.0, 0.1]",
+    )
 
 
 def training_item_counts(dataset, n_items: int) -> Optional[torch.Tensor]:
@@ -85,7 +100,7 @@ def per_sequence_mean(values: torch.Tensor, chosen: torch.Tensor) -> torch.Tenso
 class DiffCLRec(ContrastiveSequentialRecommender):
     r"""DiffCLRec (Cui et al., CIKM 2024 / arXiv 2405.09369) on RecBole's sequential data."""
 
-    loss_names = ("rec", "cl", "nll", "mse")
+    loss_names = ("rec", "cl", "nll", "mse", "view_rec")
     supports_whole_sequence = True
     property_checks = {
         "cl_positions": P.one_of("last", "every"),
@@ -111,6 +126,14 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         "denoiser_context": P.one_of(*diffusion.CONTEXT_MODES),
         "share_item_embedding": P.boolean(),
         "train_diffusion": P.boolean(),
+        "aug_candidate_scores": P.one_of(*CANDIDATE_SCORES),
+        "aug_popularity_penalty": P.non_negative(),
+        "diffusion_input_scale": P.one_of(*INPUT_SCALES),
+        "aug_timestep_range": timestep_range(),
+        "aug_sampling": P.one_of(*AUG_SAMPLING),
+        "aug_temperature": P.positive(),
+        "aug_exclude": P.one_of(*AUG_EXCLUDE),
+        "aug_rec_weight": P.non_negative(),
     }
 
     def __init__(self, config, dataset):
@@ -130,6 +153,17 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         self.share_item_embedding = optional("share_item_embedding", True)
         self.train_diffusion = optional("train_diffusion", True)
         self.schedule = diffusion.NoiseSchedule(config["noise_schedule"], config["diffusion_steps"])
+        # how the views are made from the denoiser (the defaults are the paper's)
+        self.aug_candidate_scores = optional("aug_candidate_scores", "dot")
+        self.aug_popularity_penalty = optional("aug_popularity_penalty", 1.0)
+        self.diffusion_input_scale = optional("diffusion_input_scale", "none")
+        low, high = optional("aug_timestep_range", [0.0, 1.0])
+        first = min(int(round(low * self.schedule.steps)), self.schedule.steps - 1)
+        self.aug_timesteps = (first, max(first + 1, int(round(high * self.schedule.steps))))  # [first, end)
+        self.aug_sampling = optional("aug_sampling", "topk_uniform")
+        self.aug_temperature = optional("aug_temperature", 1.0)
+        self.aug_exclude = optional("aug_exclude", "none")
+        self.aug_rec_weight = optional("aug_rec_weight", 0.0)
         self.denoiser = diffusion.Denoiser(
             hidden_size=self.hidden_size,
             max_seq_length=self.max_seq_length,
@@ -178,19 +212,39 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         """The item table of the diffusion model: the recommender's (shared, the method) or its own."""
         return self.item_embedding if self.share_item_embedding else self.denoiser_item_embedding
 
+    def diffusion_table(self) -> torch.Tensor:
+        """The item embeddings the diffusion runs on (x0 and the x0 prediction's scores), scaled by
+        ``diffusion_input_scale``: ``none`` the table itself (the paper), ``unit`` each embedding at norm
+        sqrt(d), ``std`` the table divided by its standard deviation (a constant per step). The last two give
+        x0 a per-dimension spread of about 1, the noise's scale, so that small timesteps keep the replaced
+        item recognisable (the raw table's spread, ~0.09 on Beauty, is below the noise of t = 0)."""
+        weight = self.diffusion_embedding.weight
+        if self.diffusion_input_scale == "unit":
+            return math.sqrt(weight.size(1)) * F.normalize(weight, dim=-1)
+        if self.diffusion_input_scale == "std":
+            return weight / weight[1 : self.n_items].detach().std().clamp(min=1e-8)
+        return weight
+
     def denoise(
-        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, real: torch.Tensor, chosen: torch.Tensor
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        real: torch.Tensor,
+        chosen: torch.Tensor,
+        t: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward diffusion at the chosen positions, then the denoiser's x0 prediction from the context.
 
+        ``t``: one timestep per sequence (default: uniform over all steps, as the paper trains).
         Returns (x0: B x L x d, x0 prediction at the chosen positions: N x d, its logits: N x n_items).
         """
-        table = self.diffusion_embedding
-        x0 = diffusion.add_context_noise(table(item_seq), real, self.schedule)
-        t = self.schedule.sample_timesteps(item_seq.size(0))
+        table = self.diffusion_table()
+        x0 = diffusion.add_context_noise(F.embedding(item_seq, table, padding_idx=0), real, self.schedule)
+        if t is None:
+            t = self.schedule.sample_timesteps(item_seq.size(0))
         x_t = diffusion.q_sample(x0, t, chosen, self.schedule)
         x0_pred = self.map_length_sorted(self.denoiser, item_seq_len, x_t, t, real)[chosen]  # N_chosen x d
-        return x0, x0_pred, x0_pred @ table.weight[: self.n_items].T
+        return x0, x0_pred, x0_pred @ table[: self.n_items].T
 
     def diffusion_losses(
         self, x0: torch.Tensor, x0_pred: torch.Tensor, logits: torch.Tensor, original: torch.Tensor, chosen: torch.Tensor
@@ -204,28 +258,73 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         return nll.mean(), mse.mean() if mse is not None else zero
 
     # -- views ----------------------------------------------------------------------------------------
-    def candidate_logits(
-        self, x0: torch.Tensor, logits: torch.Tensor, chosen: torch.Tensor, real: torch.Tensor
+    @property
+    def views_use_training_pass(self) -> bool:
+        """Whether the views draw from the x0 prediction of the NLL's own pass (the paper: one-step x0
+        prediction, timesteps over the whole range), rather than from a pass of their own."""
+        return self.aug_sampler != "reverse" and self.aug_timesteps == (0, self.schedule.steps)
+
+    def candidate_scores(self, x0_pred: torch.Tensor, logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scores of every item (N x n_items, no gradient) for x0 predictions ``x0_pred`` (N x d), by
+        ``aug_candidate_scores``: ``dot`` against the diffusion table (the paper; ``logits`` when given are
+        exactly these), ``cos`` both sides normalised, ``debiased`` dot minus ``aug_popularity_penalty`` x
+        log(1 + training count) (logit adjustment against the bestsellers)."""
+        with torch.no_grad():
+            table = self.diffusion_table()[: self.n_items]
+            if self.aug_candidate_scores == "cos":
+                return F.normalize(x0_pred, dim=-1) @ F.normalize(table, dim=-1).T
+            scores = logits.detach() if logits is not None else x0_pred @ table.T
+            if self.aug_candidate_scores == "debiased" and self.has_item_counts:
+                scores = scores - self.aug_popularity_penalty * torch.log1p(self.item_counts)
+            return scores
+
+    def view_scores(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, real: torch.Tensor, chosen: torch.Tensor,
+        x0: torch.Tensor, x0_pred: torch.Tensor, logits: torch.Tensor,
     ) -> torch.Tensor:
-        """Scores of every item at the chosen positions (N x n_items) that the views draw their top-k from."""
-        if self.aug_sampler == "reverse":
-            x0_final = diffusion.ddim_reverse(
-                self.denoiser, x0.detach(), chosen, real, self.schedule, self.aug_reverse_steps
-            )
-            return x0_final[chosen] @ self.diffusion_embedding.weight[: self.n_items].detach().T
-        return logits.detach()  # "one_step": the x0 prediction, as the authors do
+        """Scores of every item at the chosen positions (N x n_items) that the views draw their replacements
+        from: the training pass's x0 prediction, or a pass of the views' own (``aug_timestep_range`` narrower
+        than the whole range: fresh noise at timesteps drawn from that range; ``aug_sampler: reverse``: a
+        few-step DDIM sampler from noise), scored by :meth:`candidate_scores`, with ``aug_exclude`` applied."""
+        with torch.no_grad():
+            if self.aug_sampler == "reverse":
+                x0_pred = diffusion.ddim_reverse(
+                    self.denoiser, x0.detach(), chosen, real, self.schedule, self.aug_reverse_steps
+                )[chosen]
+                logits = None
+            elif not self.views_use_training_pass:
+                first, end = self.aug_timesteps
+                t = torch.randint(first, end, (item_seq.size(0),), device=item_seq.device)
+                _, x0_pred, logits = self.denoise(item_seq, item_seq_len, real, chosen, t)
+            scores = self.candidate_scores(x0_pred, logits)
+            if self.aug_exclude != "none":
+                scores = scores.clone()  # never write into the training pass's logits
+                rows = chosen.nonzero(as_tuple=True)[0]
+                if self.aug_exclude == "history":  # every item of the row (its padding 0 is never a candidate)
+                    scores.scatter_(1, item_seq[rows], float("-inf"))
+                else:  # "original": never the item being replaced
+                    scores[torch.arange(rows.numel(), device=rows.device), item_seq[chosen]] = float("-inf")
+        return scores
 
     def sample_replacements(
-        self, n_chosen: int, candidates: Optional[torch.Tensor] = None, n_views: int = 2
+        self,
+        n_chosen: int,
+        candidates: Optional[torch.Tensor] = None,
+        n_views: int = 2,
+        candidate_scores: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Replacement items for the chosen positions, one column per view (N x n_views).
 
-        ``aug_source``: ``diffusion`` draws uniformly from ``candidates`` (N x k, the denoiser's top-k);
-        ``random`` uniformly from all real items; ``popularity`` in proportion to the items' training
-        counts (uniformly when the model has none).
+        ``aug_source``: ``diffusion`` draws from ``candidates`` (N x k ids: the top-k of the views' scores,
+        ``candidate_scores``) uniformly (``aug_sampling: topk_uniform``, the paper) or in proportion to
+        softmax(score / ``aug_temperature``) (``softmax``); ``random`` uniformly from all real items;
+        ``popularity`` in proportion to the items' training counts (uniformly when the model has none).
         """
         device = self.item_embedding.weight.device
         if self.aug_source == "diffusion":
+            if self.aug_sampling == "softmax":
+                probs = torch.softmax(candidate_scores / self.aug_temperature, dim=-1)
+                return candidates.gather(-1, torch.multinomial(probs, n_views, replacement=True))
             return diffusion.sample_from_candidates(candidates, n_views)
         if self.aug_source == "popularity" and self.has_item_counts:
             draws = torch.multinomial(self.item_counts, n_chosen * n_views, replacement=True)
@@ -238,15 +337,19 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         real: torch.Tensor,
         denoiser_top: Optional[torch.Tensor] = None,
         sampled: Optional[torch.Tensor] = None,
+        candidates: Optional[torch.Tensor] = None,
     ) -> None:
         """Per-epoch view diagnostics from tensors the step already has (no extra passes, no host reads).
 
         ``original``: the N items at the chosen positions; ``denoiser_top``: N x k, the denoiser's top-k
-        candidates of its one-step x0 prediction, best first; ``sampled``: N x 2, the two views' replacements.
+        candidates of its one-step x0 prediction in the training pass, best first; ``sampled``: N x 2, the
+        two views' replacements; ``candidates``: N x k, the ids the views drew them from.
         """
         if denoiser_top is not None:
             self.record_statistic("recon_top1", denoiser_top[:, 0] == original)  # original item ranked first
             self.record_statistic("recon_topk", (denoiser_top == original[:, None]).any(1))  # among the top k
+        if candidates is not None and candidates is not denoiser_top:
+            self.record_statistic("view_cand_original", (candidates == original[:, None]).any(1))
         if sampled is None:
             return
         self.record_statistic("repl_is_original", sampled == original[:, None])  # replacement = replaced item
@@ -269,16 +372,41 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         return x0, x0_pred, logits, diffusion.topk_candidates(logits, self.aug_topk).indices
 
     def view_replacements(
-        self, original: torch.Tensor, chosen: torch.Tensor, real: torch.Tensor, x0, logits, denoiser_top
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(replacements: N x 2, one column per view; the candidates they were drawn from: N x k, or None
-        for the random and popularity sources)."""
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, chosen: torch.Tensor, real: torch.Tensor,
+        x0, x0_pred, logits, denoiser_top,
+    ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        """(replacements: N x 2, one column per view; the candidates they were drawn from as (scores, ids),
+        N x k each, or None for the random and popularity sources)."""
         top = None
         if self.aug_source == "diffusion":
-            top = denoiser_top if self.aug_sampler != "reverse" else diffusion.topk_candidates(
-                self.candidate_logits(x0, logits, chosen, real), self.aug_topk
-            ).indices
-        return self.sample_replacements(original.size(0), top), top
+            default = self.views_use_training_pass and self.aug_candidate_scores == "dot" and self.aug_exclude == "none"
+            if default and self.aug_sampling == "topk_uniform":  # the paper's views: no second top-k
+                top = (None, denoiser_top)
+            else:
+                scores = self.view_scores(item_seq, item_seq_len, real, chosen, x0, x0_pred, logits)
+                top = diffusion.topk_candidates(scores, self.aug_topk)
+        if top is None:
+            return self.sample_replacements(int(chosen.sum())), None
+        return self.sample_replacements(top[1].size(0), top[1], candidate_scores=top[0]), top
+
+    def view_rec_loss(
+        self, views: list[torch.Tensor], item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction
+    ) -> torch.Tensor:
+        """The next-item loss with each view as the input and the original sequence's targets (the views as
+        extra training sequences, after DiffuASR), averaged over the views."""
+        losses = []
+        for view in views:
+            if self.whole_sequence:
+                outputs = self.encode_all_positions(view, item_seq_len)
+                losses.append(self.every_position_loss(outputs, item_seq, item_seq_len, interaction))
+            else:
+                losses.append(self.rec_loss(self.forward(view, item_seq_len), interaction))
+        return torch.stack(losses).mean()
+
+    def views_active(self) -> bool:
+        """Whether this step makes views: for the contrastive loss or the views' next-item loss, after
+        ``cl_warmup_epochs``."""
+        return (self.cl_weight > 0 or self.aug_rec_weight > 0) and self.current_epoch >= self.cl_warmup_epochs
 
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, ...]:
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
@@ -290,33 +418,44 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         real = item_seq != 0
         chosen = diffusion.choose_positions(item_seq, self.mask_ratio)
         if not chosen.any():
-            return rec_loss, zero, zero, zero
+            return rec_loss, zero, zero, zero, zero
         original = item_seq[chosen]
         nll_loss = mse_loss = zero
         x0, x0_pred, logits, denoiser_top = self.run_denoiser(item_seq, item_seq_len, real, chosen)
         if x0 is not None and self.train_diffusion:
             nll_loss, mse_loss = self.diffusion_losses(x0, x0_pred, logits, original, chosen)
 
-        cl_loss = zero
-        sampled = None
-        if self.cl_active():
-            sampled, _ = self.view_replacements(original, chosen, real, x0, logits, denoiser_top)
+        cl_loss = view_rec = zero
+        sampled = candidates = None
+        if self.views_active():
+            sampled, top = self.view_replacements(item_seq, item_seq_len, chosen, real, x0, x0_pred, logits,
+                                                  denoiser_top)
+            candidates = top[1] if top is not None else None
             views = diffusion.make_views(item_seq, chosen, sampled)
-            # The authors embed views with a gradient-free copy of the table; detach() avoids copying it.
-            item_weight = self.item_embedding.weight.detach() if self.cl_detach_view_embeddings else None
-            if self.cl_positions == "every":
-                # both views at every real position: the replacements sit at the same positions in both, so
-                # position i of one view is the positive of position i of the other
-                outputs = self.encode_all_positions(torch.cat(views), item_seq_len.repeat(2), item_weight)
-                z1, z2 = (view_outputs[real] for view_outputs in outputs.chunk(2))
-            else:
-                z1, z2 = self.encode_views(views, item_seq_len, item_weight)
-            cl_loss = self.contrastive_loss(z1, z2)
-        self.record_view_statistics(original, real, denoiser_top, sampled)
+            if self.cl_weight > 0:
+                cl_loss = self.views_contrastive_loss(views, item_seq_len, real)
+            if self.aug_rec_weight > 0:
+                view_rec = self.view_rec_loss(views, item_seq, item_seq_len, interaction)
+        self.record_view_statistics(original, real, denoiser_top, sampled, candidates)
 
         return (
             rec_loss,
             self.cl_weight * cl_loss,
             self.nll_weight * nll_loss,
             self.mse_weight * mse_loss,
+            self.aug_rec_weight * view_rec,
         )
+
+    def views_contrastive_loss(self, views: list[torch.Tensor], item_seq_len: torch.Tensor, real: torch.Tensor):
+        """InfoNCE between the two views: their last-position outputs, or (``cl_positions: every``) their
+        outputs at every real position."""
+        # The authors embed views with a gradient-free copy of the table; detach() avoids copying it.
+        item_weight = self.item_embedding.weight.detach() if self.cl_detach_view_embeddings else None
+        if self.cl_positions == "every":
+            # both views at every real position: the replacements sit at the same positions in both, so
+            # position i of one view is the positive of position i of the other
+            outputs = self.encode_all_positions(torch.cat(views), item_seq_len.repeat(2), item_weight)
+            z1, z2 = (view_outputs[real] for view_outputs in outputs.chunk(2))
+        else:
+            z1, z2 = self.encode_views(views, item_seq_len, item_weight)
+        return self.contrastive_loss(z1, z2)
