@@ -4,10 +4,11 @@ The DiffCLRec authors build their denoiser from HuggingFace's ``DebertaEncoder``
 Decoding-enhanced BERT with Disentangled Attention", ICLR 2021) with ``relative_attention=True``,
 ``pos_att_type=[p2c, c2p]``, ``position_biased_input=False`` and ``max_relative_positions=-1`` (so the
 span k is the maximum sequence length). This module is that encoder, written on plain torch so that the
-plugin needs no ``transformers``; ``tests/test_layers.py`` checks it against ``transformers`` when that
-package is installed.
+plugin needs no ``transformers``; ``tests/test_strong_regime.py`` checks it against ``transformers`` when
+that package is installed.
 
-Per layer, with one table R of 2k relative-position embeddings shared by all layers (dropout applied),
+Per layer, with one table R of 2k relative-position embeddings shared by all layers (each layer applies
+its own dropout to it, as DeBERTa's ``pos_dropout`` does),
 and delta(i, j) = clamp(i - j + k, 0, 2k - 1), the score of query i on key j is
 
     [ q_i . k_j  +  q_i . Kr[delta(i, j)]  (c2p)  +  k_j . Qr[delta(i, j)]  (p2c) ] / sqrt(3 d_head)
@@ -104,9 +105,9 @@ class DisentangledTransformerEncoder(nn.Module):
         if visible is not None:
             pair_mask = pair_mask & visible
         delta = relative_index(h.size(1), self.span, h.device)
-        rel = self.rel_dropout(self.rel_embeddings.weight)
         for attention, feed_forward in zip(self.attention, self.feed_forward):
-            h = feed_forward(attention(h, pair_mask, rel, delta))
+            # a dropout mask of its own per layer, as each of DeBERTa's attention layers draws one
+            h = feed_forward(attention(h, pair_mask, self.rel_dropout(self.rel_embeddings.weight), delta))
         return h
 
 

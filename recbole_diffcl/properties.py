@@ -64,6 +64,7 @@ GENERAL_CHECKS: dict[str, Check] = {
     "stopping_step": positive_int(),
     "eval_step": non_negative_int(),
     "whole_sequence_training": boolean(),
+    "whole_sequence_overlap": probability(upper_open=True),
     "length_bucketing": boolean(),
     "length_bucket_chunk": positive_int(),
     "exclude_history": boolean(),

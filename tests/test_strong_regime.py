@@ -85,6 +85,22 @@ def test_disentangled_denoiser_never_attends_to_padding():
     assert not torch.allclose(denoiser(moved, t, real)[0, 0], out[0, 0])
 
 
+def test_disentangled_layers_draw_their_own_relative_position_dropout():
+    from recbole_diffcl.layers import DisentangledTransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = DisentangledTransformerEncoder(2, 2, 16, 32, 10, 0.5, 0.0, "gelu", 1e-12).train()
+    seen = []
+    for attention in encoder.attention:
+        attention.register_forward_pre_hook(lambda module, args: seen.append(args[2].clone()))
+    encoder(torch.randn(2, 10, 16), torch.ones(2, 10, dtype=torch.bool))
+    assert len(seen) == 2 and not torch.equal(seen[0] == 0, seen[1] == 0)  # two layers, two dropout masks
+    encoder.eval()
+    seen.clear()
+    encoder(torch.randn(2, 10, 16), torch.ones(2, 10, dtype=torch.bool))
+    assert torch.equal(seen[0], encoder.rel_embeddings.weight) and torch.equal(seen[1], seen[0])
+
+
 def test_disentangled_attention_matches_transformers_deberta():
     transformers = pytest.importorskip("transformers", reason="optional: the parity check needs `transformers`")
     from transformers import DebertaConfig

@@ -83,20 +83,68 @@ def last_row_per_user(user_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Te
     return torch.from_numpy(order[is_last])
 
 
-def whole_sequence_train_data(config, train_data: TrainDataLoader) -> TrainDataLoader:
-    """``train_data`` with one row per user when ``whole_sequence_training`` is on, else unchanged.
+#: The field of whole-sequence rows that says how many leading positions are context only (no loss term).
+LOSS_START_FIELD = "loss_start"
 
-    RecBole turns a user's training items into one row per prefix (prefix -> next item). The longest
-    row holds all the others: its sequence plus its target is the user's whole training sequence, and a
-    model trained on it with the loss at every position (the SASRec paper's regime) sees every
-    prefix -> next-item target once per epoch in ~avg-length times fewer encoder passes.
+
+def user_row_ranks(user_ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, rank, count): the rows sorted by user (stable, so each user's rows stay in time order, as
+    RecBole stores them), each sorted row's rank within its user (0 = oldest) and its user's number of rows."""
+    users = user_ids.numpy()
+    order = np.argsort(users, kind="stable")
+    sorted_users = users[order]
+    starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1] if len(order) else np.zeros(0, int)
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank = np.arange(len(order)) - np.repeat(starts, sizes)
+    return order, rank, np.repeat(sizes, sizes)
+
+
+def sequence_windows(n_targets: np.ndarray, max_len: int, overlap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The whole-sequence rows of users with ``n_targets`` training targets each (vectorised).
+
+    A row is the prefix row of one target e (1-based among the user's targets): its input is the (up to)
+    ``max_len`` items before e, and position p predicts target e - len + p. The newest row ends at the
+    user's last target. A row whose input reaches back to the user's first item has a loss term at every
+    position; an earlier window of a longer user starts inside the history, so its first ``overlap``
+    positions are context only, and the next older row ends just before its first loss target. Every
+    target is a loss term exactly once, with at least ``overlap`` items of context (or all the user's
+    history). Returns (user index, target index e, loss start) per row, newest row of each user first.
+    """
+    stride = max_len - overlap
+    # rows per user: 1 while the targets fit in one row, else 1 + ceil((n - max_len) / stride)
+    extra = np.where(n_targets > max_len, -(-(n_targets - max_len) // stride), 0)
+    rows_per_user = 1 + extra
+    user = np.repeat(np.arange(len(n_targets)), rows_per_user)
+    w = np.arange(len(user)) - np.repeat(np.cumsum(rows_per_user) - rows_per_user, rows_per_user)  # 0 = newest
+    end = n_targets[user] - w * stride
+    loss_start = np.where(end > max_len, overlap, 0)  # the input starts inside the history: context first
+    return user, end, loss_start
+
+
+def whole_sequence_train_data(config, train_data: TrainDataLoader) -> TrainDataLoader:
+    """``train_data`` with whole-sequence rows when ``whole_sequence_training`` is on, else unchanged.
+
+    RecBole turns a user's training items into one row per prefix (prefix -> next item). A user's longest
+    row holds all the others while the user has at most MAX_ITEM_LIST_LENGTH targets: its sequence plus
+    its target is the user's whole training sequence, and a model trained on it with the loss at every
+    position (the SASRec paper's regime) sees every prefix -> next-item target once per epoch in
+    ~avg-length times fewer encoder passes. A longer user gets several rows, windows over the sequence
+    (:func:`sequence_windows`) that overlap by ``whole_sequence_overlap`` x MAX_ITEM_LIST_LENGTH positions,
+    which are context only (the row's ``loss_start``): every target is still a loss term exactly once per
+    epoch, with at least that much context (RecBole's prefix rows give every target the whole window).
     """
     if not config["whole_sequence_training"]:
         return train_data
     dataset = train_data._dataset
     feat = dataset.inter_feat
-    keep = last_row_per_user(feat[config["USER_ID_FIELD"]], feat[config["ITEM_LIST_LENGTH_FIELD"]])
+    max_len = config["MAX_ITEM_LIST_LENGTH"]
+    overlap = min(max_len - 1, int(round((config["whole_sequence_overlap"] or 0) * max_len)))
+    order, rank, count = user_row_ranks(feat[config["USER_ID_FIELD"]])
+    first_row = np.flatnonzero(rank == 0)  # positions in ``order`` of each user's oldest prefix row
+    user, end, loss_start = sequence_windows(count[first_row], max_len, overlap)
+    keep = torch.from_numpy(order[first_row[user] + end - 1])  # the prefix row of target ``end``
     whole = dataset.copy(feat[keep])
+    whole.inter_feat[LOSS_START_FIELD] = torch.from_numpy(loss_start)
     whole.prefix_inter_feat = feat  # DuoRec draws its same-target positives from all prefix rows
     return TrainDataLoader(config, whole, train_data._sampler, shuffle=True)
 

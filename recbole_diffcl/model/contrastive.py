@@ -15,6 +15,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from recbole.model.loss import BPRLoss
 
+from recbole_diffcl.data.dataloader import LOSS_START_FIELD
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.layers import attend_from_one_position
 from recbole_diffcl import properties as P
@@ -335,17 +336,23 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         """Next-item loss at every real position of each row (``whole_sequence_training``).
 
         Position i predicts item i+1, the last real position predicts the row's target, so the row's loss
-        terms are exactly those of all its prefix rows in RecBole's one-row-per-prefix data (mean over them).
+        terms are those of its prefix rows in RecBole's one-row-per-prefix data (mean over them): all of
+        them for a user's only (or oldest) row, the ones after its context-only positions for an older
+        window of a long user.
         """
         return self.every_position_loss(self.encode_all_positions(item_seq, item_seq_len), item_seq, item_seq_len, interaction)
 
     def every_position_targets(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
         """B x L' next-item targets of the trimmed rows: item i+1 at position i, the row's target at its
-        last real position, 0 at padding."""
+        last real position, 0 at padding and at the context-only positions of a long user's older windows
+        (the row's ``loss_start``, :func:`recbole_diffcl.data.dataloader.whole_sequence_train_data`)."""
         item_seq = self.trim(item_seq, item_seq_len)
         targets = torch.cat([item_seq[:, 1:], item_seq.new_zeros(item_seq.size(0), 1)], dim=1)
         rows = torch.arange(item_seq.size(0), device=item_seq.device)
         targets[rows, item_seq_len - 1] = interaction[self.POS_ITEM_ID]
+        if LOSS_START_FIELD in interaction:
+            positions = torch.arange(targets.size(1), device=targets.device)
+            targets = targets.masked_fill(positions[None, :] < interaction[LOSS_START_FIELD][:, None], 0)
         return targets
 
     def every_position_loss(

@@ -59,21 +59,23 @@ def training_item_counts(dataset, n_items: int) -> Optional[torch.Tensor]:
     """How often each item id occurs in the training data (n_items floats, padding 0), or None when the
     dataset holds no interactions (e.g. a model built without RecBole data).
 
-    Counted over each user's longest training row (its input items plus its target): every training
-    interaction once, in the prefix and in the whole-sequence regime alike (inputs are cut to the last
-    MAX_ITEM_LIST_LENGTH items).
+    Counted over RecBole's prefix rows (kept beside whole-sequence rows as ``prefix_inter_feat``): every
+    training interaction but a user's first is the target of one row, and the first is the first input
+    item of the user's oldest row, so each is counted once, in the prefix and whole-sequence regimes alike.
     """
-    from recbole_diffcl.data.dataloader import last_row_per_user
+    from recbole_diffcl.data.dataloader import user_row_ranks
 
-    feat = getattr(dataset, "inter_feat", None)
+    feat = getattr(dataset, "prefix_inter_feat", None)
+    if feat is None:
+        feat = getattr(dataset, "inter_feat", None)
     if feat is None:
         return None
-    iid_field = dataset.iid_field
-    items = [feat[iid_field]]
+    items = [feat[dataset.iid_field]]
     list_field = getattr(dataset, "item_id_list_field", None)
     if list_field is not None and list_field in feat:
-        rows = last_row_per_user(feat[dataset.uid_field], feat[dataset.item_list_length_field])
-        items = [feat[list_field][rows].flatten(), feat[iid_field][rows]]
+        order, rank, _ = user_row_ranks(feat[dataset.uid_field])
+        oldest = torch.from_numpy(order[rank == 0])
+        items.append(feat[list_field][oldest, 0])
     counts = torch.bincount(torch.cat(items).long(), minlength=n_items)[:n_items].float()
     counts[0] = 0.0
     return counts
