@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (one warm-up epoch, then the measured ones)")
 
-    from recbole_diffcl.utils import plugin_models
+    from recbole_diffcl.model import plugin_models
 
     import torch
 

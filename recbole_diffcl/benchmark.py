@@ -54,7 +54,8 @@ from recbole_diffcl.runs import (
     tail,
     user_error_message,
 )
-from recbole_diffcl.utils import atomic_write, get_model, require_extra
+from recbole_diffcl.model import get_model
+from recbole_diffcl.utils import atomic_write, require_extra
 
 #: Properties the benchmark sets for each run itself.
 RESERVED = {"model", "dataset", "seed", "result_file", "user_rankings_file", "config_files", "checkpoint_dir"}

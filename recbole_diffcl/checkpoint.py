@@ -1,4 +1,4 @@
-"""Checkpoints as files: read them safely, rebuild their run, find the newest one to resume.
+"""Checkpoints as files: read them safely, check their dataset, find the newest one to resume.
 
 A checkpoint written by the plugin's trainers (``saved/<Model>-<time>.pth``, the best epoch, and
 ``saved/<Model>-<time>-last.pth``, the latest epoch) holds plain state only: the run's final
@@ -6,10 +6,10 @@ configuration as plain values, the model's and the optimiser's state dicts, the 
 and RNG states (:mod:`recbole_diffcl.resume`) and a fingerprint of the dataset it was trained on. It
 loads with ``torch.load(..., weights_only=True)``, so nothing here ever unpickles objects.
 
-:func:`load_data_and_model` is RecBole's function of the same name for these checkpoints (RecBole's
-own cannot rebuild them: it expects a pickled ``Config`` and knows no plugin model). It rebuilds the
-configuration from the values stored in the checkpoint, not from today's property files, so a model
-loads with the architecture it was trained with even after ``props/`` changed.
+This module sits in the trainer's layer (the trainers write checkpoints, :mod:`recbole_diffcl.resume`
+continues from them); rebuilding a whole run from a checkpoint (its configuration, data and model:
+``load_data_and_model``, ``resumed_config``) needs everything below the runner and lives in
+:mod:`recbole_diffcl.quick_start`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import pickle
 from typing import Any, Optional
 
 import torch
-from recbole.utils import init_seed
 
 from recbole_diffcl.errors import UserError
 
@@ -111,86 +110,6 @@ def check_fingerprint(checkpoint: dict, dataset, path: str) -> None:
         f"trained on (load_data_and_model(path, {{'data_path': DIR}}) or --data_path=DIR, DIR holding "
         f"{trained['dataset']}/), with the filtering properties of that run."
     )
-
-
-def config_from_checkpoint(checkpoint: dict, overrides: Optional[dict[str, Any]] = None):
-    """``(model_class, config)`` of the run that wrote ``checkpoint``; ``overrides`` win over its values.
-
-    Every stored value except :data:`DERIVED_KEYS` is passed to RecBole's ``Config`` (so the values it
-    derives follow them) and then set again exactly as stored (RecBole would convert strings such as
-    ``[0,30]``). ``data_path`` is the stored one's parent folder unless overridden.
-    """
-    from recbole_diffcl.quick_start import load_config
-
-    stored = checkpoint["config"]
-    overrides = dict(overrides or {})
-    kept = {k: v for k, v in stored.items() if k not in DERIVED_KEYS}
-    properties = dict(kept)
-    negatives = kept.get("train_neg_sample_args")
-    if isinstance(negatives, dict) and negatives.get("distribution", "none") == "none":
-        properties["train_neg_sample_args"] = None  # RecBole's input form of "no negative sampling"
-    if stored.get("data_path"):
-        properties["data_path"] = os.path.dirname(os.path.normpath(str(stored["data_path"])))
-    properties.update(overrides)
-    model_class, config = load_config(str(stored["model"]), str(stored["dataset"]), None, properties)
-    for key, value in kept.items():
-        if key not in overrides and key != "train_neg_sample_args":
-            config.final_config_dict[key] = value
-    return model_class, config
-
-
-def require_dataset_files(config, path: str) -> None:
-    """A :class:`UserError` naming the checkpoint when its dataset's files are not where the config says."""
-    from recbole_diffcl.quick_start import check_dataset
-
-    data_dir = str(config["data_path"])
-    name = config["dataset"]
-    inter = os.path.join(data_dir, f"{name}.inter")
-    if not config["benchmark_filename"] and not os.path.isfile(inter):
-        raise UserError(
-            f"Checkpoint '{path}' was trained on dataset '{name}', whose atomic files are missing: {inter} does "
-            f"not exist. Fix: pass the folder that holds {name}/ as data_path (load_data_and_model(path, "
-            f"{{'data_path': DIR}}) or --data_path=DIR), or prepare the dataset again "
-            f"(python -m recbole_diffcl.prepare {name} --source FILE)."
-        )
-    check_dataset(config)
-
-
-def load_data_and_model(checkpoint_file: str, config_dict: Optional[dict[str, Any]] = None):
-    """Rebuild the run that wrote ``checkpoint_file``: ``(config, model, dataset, train_data, valid_data, test_data)``.
-
-    As RecBole's ``recbole.quick_start.load_data_and_model``, for plugin and RecBole models alike: the
-    configuration comes from the checkpoint (``config_dict`` overrides it, e.g. ``data_path`` or
-    ``use_gpu``; the device is chosen for this machine), the dataset and its split loaders are built
-    as in training, and the model is built and its weights loaded (in eval mode, on ``config['device']``).
-    Raises :class:`UserError` for a file that is not a checkpoint, a dataset that is missing, or a
-    dataset other than the one the model was trained on.
-    """
-    from recbole_diffcl.quick_start import build_data
-
-    path = str(checkpoint_file)
-    checkpoint = read_checkpoint(path)
-    model_class, config = config_from_checkpoint(checkpoint, config_dict)
-    require_dataset_files(config, path)
-    init_seed(config["seed"], config["reproducibility"])
-    dataset, train_data, valid_data, test_data = build_data(config)
-    check_fingerprint(checkpoint, dataset, path)
-
-    init_seed(config["seed"], config["reproducibility"])
-    model = model_class(config, train_data._dataset).to(config["device"])
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise UserError(
-            f"The weights in '{path}' do not fit {config['model']} built on dataset '{config['dataset']}' "
-            f"({reason}): the checkpoint was trained on other data or with other properties. Fix: load it with "
-            f"the dataset files it was trained on (data_path) and without property overrides that change the "
-            f"model's shape."
-        ) from None
-    model.load_other_parameter(checkpoint.get("other_parameter"))
-    model.eval()
-    return config, model, dataset, train_data, valid_data, test_data
 
 
 def find_latest_checkpoint(checkpoint_dir: str, model: str, dataset: str) -> Optional[str]:

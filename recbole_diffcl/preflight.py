@@ -23,18 +23,17 @@ and from the models' ``property_checks``, so properties added later are known wi
 from __future__ import annotations
 
 import difflib
-import errno
 import math
 import os
 import re
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import yaml
 
+from recbole_diffcl.config import check_writable_dir, read_property_file
 from recbole_diffcl.errors import UserError
 
 #: Properties RecBole sets or reads that no RecBole property file lists (its quick start's distributed
@@ -55,50 +54,6 @@ def warn(message: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # 1. Property files and the dataset name
 # --------------------------------------------------------------------------------------------------
-def _recbole_yaml_loader():
-    from recbole.config import Config
-
-    return Config._build_yaml_loader(None)  # RecBole's loader (FullLoader + its float resolver)
-
-
-def read_property_file(path: str) -> dict:
-    """A property file as RecBole reads it; a UserError naming the file, line and fix otherwise."""
-    if os.path.isdir(path):
-        raise UserError(
-            f"Config file '{path}' is a folder, not a YAML file. Fix: pass the YAML file(s) inside it to "
-            f"--config_files (several files are separated by spaces)."
-        )
-    if not os.path.isfile(path):
-        raise UserError(
-            f"Config file '{path}' does not exist. Fix: check the path given to --config_files "
-            f"(several files are separated by spaces)."
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            content = yaml.load(f.read(), Loader=_recbole_yaml_loader())
-    except UnicodeDecodeError:
-        raise UserError(f"Config file '{path}' is not UTF-8 text. Fix: save it as UTF-8.") from None
-    except OSError as exc:
-        raise UserError(f"Config file '{path}' cannot be read ({exc.strerror}). Fix: check its permissions.") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(
-            f"Config file '{path}' is not valid YAML{where}: {problem}. Fix: correct the syntax there "
-            f"(one 'name: value' per line; quote values holding ':' or '#')."
-        ) from None
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
-        raise UserError(
-            f"Config file '{path}' holds a YAML {type(content).__name__}, but a property file must be a "
-            f"mapping of 'name: value' lines (e.g. 'mask_ratio: 0.2'). Fix: write one property per line as "
-            f"name: value, not a list ('- ...')."
-        )
-    return content
-
-
 def check_property_files(files: Iterable[str]) -> dict[str, dict]:
     """Parse every property file (the user's and ours) the way RecBole will; {path: properties}."""
     return {path: read_property_file(path) for path in files}
@@ -162,7 +117,7 @@ def _checks_of(klass: type) -> dict:
 
 def _all_plugin_checks() -> dict[str, tuple[str, Any]]:
     """{property: (plugin model that checks it, check)} over every plugin model."""
-    from recbole_diffcl.utils import plugin_models
+    from recbole_diffcl.model import plugin_models
 
     out: dict[str, tuple[str, Any]] = {}
     for name, klass in sorted(plugin_models().items()):
@@ -265,29 +220,6 @@ def check_consistency(config) -> None:
 # --------------------------------------------------------------------------------------------------
 # 3. Output paths
 # --------------------------------------------------------------------------------------------------
-def _nearest_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_writable_dir(folder: str | os.PathLike, what: str, fix: str) -> None:
-    """``folder`` exists as a writable folder or can be created; proven by a file made and removed there."""
-    folder = Path(folder)
-    base = _nearest_existing(folder)
-    if not base.is_dir():
-        raise UserError(f"The {what} {folder} cannot be created: {base} is a file, not a folder. Fix: {fix}.")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".recbole_diffcl-write-test-", dir=base)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        reason = "a read-only file system" if exc.errno == errno.EROFS else (exc.strerror or str(exc))
-        where = "" if base == folder.absolute() else f" (its nearest existing folder {base})"
-        raise UserError(f"The {what} {folder}{where} is not writable: {reason}. Fix: {fix}.") from None
-
-
 def check_result_file(path: str) -> None:
     target = Path(path)
     if target.is_dir():

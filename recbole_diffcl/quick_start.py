@@ -1,5 +1,12 @@
 """Train and evaluate one model on one dataset, RecBole-style, with the plugin's property layering.
 
+:func:`load_config` (the configuration of a run, checked), :func:`run` and :func:`run_multiprocess` (train,
+select on validation, test), and a run rebuilt from a checkpoint: :func:`load_data_and_model` (RecBole's
+function of that name for this plugin's checkpoints; RecBole's own expects a pickled ``Config`` and knows
+no plugin model: it rebuilds the configuration from the values stored in the checkpoint, not from today's
+property files, so a model loads with the architecture it was trained with) and :func:`resumed_config`
+(``--resume``).
+
 This module never imports ``recbole.quick_start`` (it imports ray at import time).
 """
 from __future__ import annotations
@@ -19,6 +26,8 @@ from recbole.config import Config
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_diffcl import console
+from recbole_diffcl.config import PluginConfig, property_files, user_properties
+from recbole_diffcl.checkpoint import DERIVED_KEYS, check_fingerprint, find_latest_checkpoint, read_checkpoint
 from recbole_diffcl.data.dataloader import training_loader
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.evaluation import with_evaluation_options
@@ -30,13 +39,13 @@ from recbole_diffcl.preflight import (
     check_rows_of_dataset,
     finite,
     load_checked_data,
-    read_property_file,
     time_column_in_load_col,
 )
 from recbole_diffcl.properties import validate_properties
-from recbole_diffcl.resume import resumable, resumed_config
+from recbole_diffcl.resume import LATEST, resumable
 from recbole_diffcl.trainer import get_trainer, plain
-from recbole_diffcl.utils import atomic_write, code_version, get_model, machine_description, props_dir
+from recbole_diffcl.model import get_model
+from recbole_diffcl.utils import atomic_write, code_version, machine_description
 
 
 # RecBole 1.2.1 fills missing values with pandas' chained inplace fillna, which pandas 2.2 flags with
@@ -44,47 +53,6 @@ from recbole_diffcl.utils import atomic_write, code_version, get_model, machine_
 warnings.filterwarnings(
     "ignore", message="A value is trying to be set on a copy", category=FutureWarning, module="recbole"
 )
-
-
-class PluginConfig(Config):
-    """RecBole's Config without its own parsing of ``sys.argv``.
-
-    The runner parses the command line itself and passes the overrides as ``config_dict`` (converted
-    exactly as RecBole converts command-line values), so calling :func:`run` from Python, from tests or
-    from the benchmark never picks up unrelated arguments of the calling process.
-    """
-
-    def _load_cmd_line(self):
-        return {}
-
-    def _init_device(self):
-        """RecBole's device set-up, plus multi-process training on CPUs (gloo): RecBole's own path needs
-        one CUDA device per process (nccl)."""
-        d = self.final_config_dict
-        if "local_rank" not in d or (torch.cuda.is_available() and str(d["gpu_id"]) != "" and d.get("use_gpu", True)):
-            return super()._init_device()
-        d["gpu_id"] = ""
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group(
-                backend="gloo", rank=d["local_rank"] + d["offset"], world_size=d["world_size"],
-                init_method=f"tcp://{d['ip']}:{d['port']}",
-            )
-        d["device"] = torch.device("cpu")
-        d["single_spec"] = False
-        if d["local_rank"] != 0:
-            d["state"], d["show_progress"], d["verbose"] = "error", False, False
-
-
-def property_files(model: str, dataset: str, config_file_list: Optional[list[str]] = None) -> list[str]:
-    """Property files in increasing priority: overall < dataset < model < the user's files."""
-    root = props_dir()
-    files = [root / "overall.yaml", root / "dataset" / f"{dataset}.yaml", root / "model" / f"{model}.yaml"]
-    layered = [str(f) for f in files if f.is_file()]
-    for user_file in config_file_list or []:
-        read_property_file(user_file)  # a UserError when missing, a folder, not YAML or not a mapping
-        layered.append(user_file)
-    return layered
 
 
 def load_config(
@@ -394,12 +362,119 @@ def run_multiprocess(
     return None
 
 
-def load_data_and_model(checkpoint_file: str, config_dict: Optional[dict[str, Any]] = None):
-    """RecBole's ``load_data_and_model`` for this plugin's checkpoints (plugin and RecBole models alike).
+#END
 
-    Returns ``(config, model, dataset, train_data, valid_data, test_data)``; see
-    :func:`recbole_diffcl.checkpoint.load_data_and_model`.
+
+# --------------------------------------------------------------------------------------------------
+# A run rebuilt from a checkpoint: resuming it, loading a trained model
+# --------------------------------------------------------------------------------------------------
+def config_from_checkpoint(checkpoint: dict, overrides: Optional[dict[str, Any]] = None):
+    """``(model_class, config)`` of the run that wrote ``checkpoint``; ``overrides`` win over its values.
+
+    Every stored value except :data:`DERIVED_KEYS` is passed to RecBole's ``Config`` (so the values it
+    derives follow them) and then set again exactly as stored (RecBole would convert strings such as
+    ``[0,30]``). ``data_path`` is the stored one's parent folder unless overridden.
     """
-    from recbole_diffcl.checkpoint import load_data_and_model as load
+    stored = checkpoint["config"]
+    overrides = dict(overrides or {})
+    kept = {k: v for k, v in stored.items() if k not in DERIVED_KEYS}
+    properties = dict(kept)
+    negatives = kept.get("train_neg_sample_args")
+    if isinstance(negatives, dict) and negatives.get("distribution", "none") == "none":
+        properties["train_neg_sample_args"] = None  # RecBole's input form of "no negative sampling"
+    if stored.get("data_path"):
+        properties["data_path"] = os.path.dirname(os.path.normpath(str(stored["data_path"])))
+    properties.update(overrides)
+    model_class, config = load_config(str(stored["model"]), str(stored["dataset"]), None, properties)
+    for key, value in kept.items():
+        if key not in overrides and key != "train_neg_sample_args":
+            config.final_config_dict[key] = value
+    return model_class, config
 
-    return load(checkpoint_file, config_dict)
+
+def require_dataset_files(config, path: str) -> None:
+    """A :class:`UserError` naming the checkpoint when its dataset's files are not where the config says."""
+    data_dir = str(config["data_path"])
+    name = config["dataset"]
+    inter = os.path.join(data_dir, f"{name}.inter")
+    if not config["benchmark_filename"] and not os.path.isfile(inter):
+        raise UserError(
+            f"Checkpoint '{path}' was trained on dataset '{name}', whose atomic files are missing: {inter} does "
+            f"not exist. Fix: pass the folder that holds {name}/ as data_path (load_data_and_model(path, "
+            f"{{'data_path': DIR}}) or --data_path=DIR), or prepare the dataset again "
+            f"(python -m recbole_diffcl.prepare {name} --source FILE)."
+        )
+    check_dataset(config)
+
+
+def load_data_and_model(checkpoint_file: str, config_dict: Optional[dict[str, Any]] = None):
+    """Rebuild the run that wrote ``checkpoint_file``: ``(config, model, dataset, train_data, valid_data, test_data)``.
+
+    As RecBole's ``recbole.quick_start.load_data_and_model``, for plugin and RecBole models alike: the
+    configuration comes from the checkpoint (``config_dict`` overrides it, e.g. ``data_path`` or
+    ``use_gpu``; the device is chosen for this machine), the dataset and its split loaders are built
+    as in training, and the model is built and its weights loaded (in eval mode, on ``config['device']``).
+    Raises :class:`UserError` for a file that is not a checkpoint, a dataset that is missing, or a
+    dataset other than the one the model was trained on.
+    """
+    path = str(checkpoint_file)
+    checkpoint = read_checkpoint(path)
+    model_class, config = config_from_checkpoint(checkpoint, config_dict)
+    require_dataset_files(config, path)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset, train_data, valid_data, test_data = build_data(config)
+    check_fingerprint(checkpoint, dataset, path)
+
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(config, train_data._dataset).to(config["device"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise UserError(
+            f"The weights in '{path}' do not fit {config['model']} built on dataset '{config['dataset']}' "
+            f"({reason}): the checkpoint was trained on other data or with other properties. Fix: load it with "
+            f"the dataset files it was trained on (data_path) and without property overrides that change the "
+            f"model's shape."
+        ) from None
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    model.eval()
+    return config, model, dataset, train_data, valid_data, test_data
+
+
+def resumed_config(
+    resume: str,
+    model: Optional[str] = None,
+    dataset: Optional[str] = None,
+    config_file_list: Optional[list[str]] = None,
+    config_dict: Optional[dict[str, Any]] = None,
+):
+    """``(model_class, config, checkpoint_path)`` of the run to resume.
+
+    ``resume`` is a checkpoint path, or :data:`LATEST` for the newest resumable checkpoint of ``model`` on
+    ``dataset`` (defaults DiffCLRec, ml-100k) in the run's ``checkpoint_dir``. The properties are the
+    checkpoint's; those given in ``config_file_list`` and ``config_dict`` win (e.g. ``epochs`` to train longer).
+    """
+    if resume == LATEST:
+        _, layered = load_config(model or "DiffCLRec", dataset or "ml-100k", config_file_list, config_dict)
+        path = find_latest_checkpoint(layered["checkpoint_dir"], layered["model"], layered["dataset"])
+        if path is None:
+            raise UserError(
+                f"--resume found no checkpoint of {layered['model']} on {layered['dataset']} to resume in "
+                f"{os.path.abspath(layered['checkpoint_dir'])}. Fix: pass the checkpoint's path (--resume=PATH), "
+                f"or the checkpoint_dir and --model/--dataset of the run to resume."
+            )
+    else:
+        path = resume
+    checkpoint = read_checkpoint(path, metadata_only=True)
+    stored = checkpoint["config"]
+    for name, given in (("model", model), ("dataset", dataset)):
+        if given and given != stored[name]:
+            raise UserError(
+                f"--resume={path} is a checkpoint of {stored['model']} on {stored['dataset']}, but --{name}={given} "
+                f"was given. Fix: drop --{name} (a resumed run keeps its model and dataset) or resume another "
+                f"checkpoint."
+            )
+    overrides = user_properties(config_file_list, config_dict)
+    model_class, config = config_from_checkpoint(checkpoint, overrides)
+    return model_class, config, os.path.abspath(path)

@@ -57,7 +57,7 @@ class Recommender:
 
     @classmethod
     def from_checkpoint(cls, checkpoint_file: str, config_dict: Optional[dict] = None) -> "Recommender":
-        from recbole_diffcl.checkpoint import load_data_and_model
+        from recbole_diffcl.quick_start import load_data_and_model
 
         return cls(*load_data_and_model(checkpoint_file, config_dict))
 

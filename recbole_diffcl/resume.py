@@ -20,16 +20,8 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import yaml
 
-from recbole_diffcl.checkpoint import (
-    LAST_SUFFIX,
-    config_from_checkpoint,
-    dataset_fingerprint,
-    find_latest_checkpoint,
-    last_checkpoint_path,
-    read_checkpoint,
-)
+from recbole_diffcl.checkpoint import LAST_SUFFIX, dataset_fingerprint, last_checkpoint_path
 from recbole_diffcl.errors import UserError
 
 #: ``--resume`` without a path: the newest checkpoint of the same model and dataset.
@@ -203,61 +195,3 @@ def resumable(trainer_class: type) -> type:
 # --------------------------------------------------------------------------------------------------
 # Runner side
 # --------------------------------------------------------------------------------------------------
-def user_properties(config_file_list, config_dict) -> dict[str, Any]:
-    """The properties the user set (``--config_files`` and ``--key=value``), converted as RecBole converts them.
-
-    Only RecBole's reading and conversion steps of ``Config`` are run: the whole ``Config`` would need
-    the model's and dataset's properties too.
-    """
-    from recbole_diffcl.quick_start import PluginConfig, property_files
-
-    property_files("", "", config_file_list)  # a UserError for a missing file
-    reader = PluginConfig.__new__(PluginConfig)
-    reader.compatibility_settings()
-    reader._init_parameters_category()
-    reader.yaml_loader = reader._build_yaml_loader()
-    try:
-        files = reader._load_config_files(list(config_file_list or []))
-    except yaml.YAMLError as exc:
-        raise UserError(f"A property file is not valid YAML: {exc}. Fix: correct the file's syntax.") from None
-    return {**files, **reader._load_variable_config_dict(dict(config_dict or {}))}
-
-
-def resumed_config(
-    resume: str,
-    model: Optional[str] = None,
-    dataset: Optional[str] = None,
-    config_file_list: Optional[list[str]] = None,
-    config_dict: Optional[dict[str, Any]] = None,
-):
-    """``(model_class, config, checkpoint_path)`` of the run to resume.
-
-    ``resume`` is a checkpoint path, or :data:`LATEST` for the newest resumable checkpoint of ``model`` on
-    ``dataset`` (defaults DiffCLRec, ml-100k) in the run's ``checkpoint_dir``. The properties are the
-    checkpoint's; those given in ``config_file_list`` and ``config_dict`` win (e.g. ``epochs`` to train longer).
-    """
-    from recbole_diffcl.quick_start import load_config
-
-    if resume == LATEST:
-        _, layered = load_config(model or "DiffCLRec", dataset or "ml-100k", config_file_list, config_dict)
-        path = find_latest_checkpoint(layered["checkpoint_dir"], layered["model"], layered["dataset"])
-        if path is None:
-            raise UserError(
-                f"--resume found no checkpoint of {layered['model']} on {layered['dataset']} to resume in "
-                f"{os.path.abspath(layered['checkpoint_dir'])}. Fix: pass the checkpoint's path (--resume=PATH), "
-                f"or the checkpoint_dir and --model/--dataset of the run to resume."
-            )
-    else:
-        path = resume
-    checkpoint = read_checkpoint(path, metadata_only=True)
-    stored = checkpoint["config"]
-    for name, given in (("model", model), ("dataset", dataset)):
-        if given and given != stored[name]:
-            raise UserError(
-                f"--resume={path} is a checkpoint of {stored['model']} on {stored['dataset']}, but --{name}={given} "
-                f"was given. Fix: drop --{name} (a resumed run keeps its model and dataset) or resume another "
-                f"checkpoint."
-            )
-    overrides = user_properties(config_file_list, config_dict)
-    model_class, config = config_from_checkpoint(checkpoint, overrides)
-    return model_class, config, os.path.abspath(path)

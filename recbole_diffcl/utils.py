@@ -1,5 +1,6 @@
-"""Model lookup (plugin first, then RecBole), the location of the property files, and small helpers
-shared by the package: atomic file writes and number checks."""
+"""The location of the property files and small helpers shared by the package: atomic file writes,
+optional extras, number checks, the machine and code a run ran on. The bottom layer: it imports no
+other module of the package but ``errors``."""
 from __future__ import annotations
 
 import contextlib
@@ -21,33 +22,6 @@ def props_dir() -> Path:
         if (candidate / "overall.yaml").is_file():
             return candidate
     raise FileNotFoundError("recbole_diffcl's props/ folder is missing: reinstall the package (pip install .)")
-
-
-def plugin_models() -> dict[str, type]:
-    """Plugin model classes by name."""
-    module = importlib.import_module("recbole_diffcl.model")
-    return {name: getattr(module, name) for name in module.__all__}
-
-
-def get_model(model_name: str, option: str = "--model") -> type:
-    """Model class by name: the plugin's models first, then every RecBole model (as RecBole-GNN does)."""
-    plugin = plugin_models()
-    if model_name in plugin:
-        return plugin[model_name]
-    from recbole.utils import get_model as recbole_get_model
-
-    try:
-        return recbole_get_model(model_name)
-    except (ValueError, AttributeError, ImportError):  # ImportError: RecBole probes exlib (xgboost, lightgbm)
-        pass
-    known = sorted(plugin)
-    by_lower = {name.lower(): name for name in known}
-    hint = f" Did you mean '{by_lower[model_name.lower()]}'?" if model_name.lower() in by_lower else ""
-    raise UserError(
-        f"Unknown model '{model_name}'.{hint} Fix: pass {option} with one of the plugin's models "
-        f"({', '.join(known)}) or a RecBole model name, spelled as its class (e.g. SASRec, BERT4Rec, "
-        f"GRU4Rec, FEARec)."
-    )
 
 
 # --------------------------------------------------------------------------------------------------

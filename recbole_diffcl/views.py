@@ -27,8 +27,9 @@ CSV_COLUMNS = ["user_id", "position", "item", "chosen", "candidates", "candidate
 
 def load_diffclrec(path: str, data_path: Optional[str] = None):
     """(config, model in eval mode on the CPU, dataset, training loader) of the DiffCLRec run that wrote
-    the checkpoint ``path``, rebuilt by :func:`recbole_diffcl.checkpoint.load_data_and_model`."""
-    from recbole_diffcl.checkpoint import load_data_and_model, read_checkpoint
+    the checkpoint ``path``, rebuilt by :func:`recbole_diffcl.quick_start.load_data_and_model`."""
+    from recbole_diffcl.checkpoint import read_checkpoint
+    from recbole_diffcl.quick_start import load_data_and_model
 
     model_name = read_checkpoint(path, metadata_only=True)["config"]["model"]
     if model_name != "DiffCLRec":

@@ -126,7 +126,7 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
 
 
 def test_resume_errors(tmp_path):
-    from recbole_diffcl.resume import resumed_config
+    from recbole_diffcl.quick_start import resumed_config
 
     with pytest.raises(UserError, match="no checkpoint of DiffCLRec on ml-100k"):
         resumed_config("latest", config_dict={"checkpoint_dir": str(tmp_path)})

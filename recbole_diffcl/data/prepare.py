@@ -51,7 +51,7 @@ from recbole_diffcl.data.registry import (
     recbole_download_url,
 )
 from recbole_diffcl.errors import UserError, exit_code_of
-from recbole_diffcl.preflight import check_writable_dir
+from recbole_diffcl.config import check_writable_dir
 from recbole_diffcl.utils import atomic_write
 
 HEADER = "user_id:token\titem_id:token\ttimestamp:float"
