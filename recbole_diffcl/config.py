@@ -23,6 +23,7 @@ import yaml
 from recbole.config import Config
 
 from recbole_diffcl.errors import UserError
+from recbole_diffcl.properties import check_recbole_properties
 from recbole_diffcl.utils import props_dir
 
 
@@ -33,6 +34,16 @@ class PluginConfig(Config):
     exactly as RecBole converts command-line values), so calling :func:`run` from Python, from tests or
     from the benchmark never picks up unrelated arguments of the calling process.
     """
+
+    def _set_default_parameters(self):
+        """RecBole's own properties are checked first (type, range, consistency: a one-paragraph UserError
+        naming the property), before RecBole's checks raise bare exceptions or accept a value that fails an
+        epoch later (:func:`recbole_diffcl.properties.check_recbole_properties`)."""
+        from recbole.utils import ModelType
+
+        d = self.final_config_dict
+        check_recbole_properties(d, sequential=d.get("MODEL_TYPE") == ModelType.SEQUENTIAL)
+        super()._set_default_parameters()
 
     def _load_cmd_line(self):
         return {}

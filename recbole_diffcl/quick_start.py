@@ -29,7 +29,7 @@ from recbole_diffcl import console
 from recbole_diffcl.config import PluginConfig, property_files, user_properties
 from recbole_diffcl.checkpoint import DERIVED_KEYS, check_fingerprint, find_latest_checkpoint, read_checkpoint
 from recbole_diffcl.data.dataloader import training_loader
-from recbole_diffcl.errors import UserError
+from recbole_diffcl.errors import TrainingDiverged, UserError
 from recbole_diffcl.evaluation import with_evaluation_options
 from recbole_diffcl.preflight import (
     check_dataset_name,
@@ -72,7 +72,7 @@ def load_config(
         )
     except yaml.YAMLError as exc:
         raise UserError(f"A property file is not valid YAML: {exc}. Fix: correct the file's syntax.") from None
-    except (ValueError, NotImplementedError, KeyError, TypeError) as exc:
+    except (ValueError, NotImplementedError, KeyError, TypeError, RuntimeError) as exc:
         raise UserError(
             f"RecBole rejected the properties of this run: {exc}. Fix: correct that property on the command "
             f"line or in your --config_files YAML."
@@ -191,7 +191,11 @@ def _train_and_evaluate(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     test_start = time()
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    diverged = getattr(trainer, "stopped_by", None) == "diverged"
+    if diverged and (trainer.best_valid_result is None or not os.path.isfile(trainer.saved_model_file)):
+        test_result = {}  # it diverged before any checkpoint: nothing to test
+    else:
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_eval_seconds = time() - test_start
     logger.info(set_color("best valid ", "yellow") + f": {console.metrics_line(best_valid_result)}")
     logger.info(set_color("test result", "yellow") + f": {console.metrics_line(test_result)}")
@@ -205,6 +209,7 @@ def _train_and_evaluate(
         "test_result": plain(dict(test_result or {})),
         "epochs_run": len(getattr(trainer, "epoch_seconds", [])),
         "stopped_by": getattr(trainer, "stopped_by", None),
+        "divergence": getattr(trainer, "divergence", None),
         "ranking": "history excluded" if config["exclude_history"] else "full (history kept)",
         "regime": "whole sequence" if config["whole_sequence_training"] else "one row per prefix",
         "seconds_per_epoch": [round(s, 3) for s in getattr(trainer, "epoch_seconds", [])],
@@ -287,6 +292,8 @@ def run(
     if result_file:
         _save_result(result_file, summary, log_file)
     print(console.final_table(summary, result_file), flush=True)
+    if summary["divergence"]:
+        raise TrainingDiverged(summary["divergence"])
     return summary
 
 

@@ -35,6 +35,14 @@ class TrainingBudgetSpent(Exception):
     """Raised at the start of an epoch once ``max_train_seconds`` of training have passed."""
 
 
+class LossNotFinite(Exception):
+    """Raised by a training step whose loss is NaN or infinite (RecBole's check raises a bare ValueError)."""
+
+    def __init__(self, epoch: int, part: str, value: float):
+        super().__init__(f"epoch {epoch}: loss part {part} is {value}")
+        self.epoch, self.part, self.value = epoch, part, value
+
+
 class SafeCheckpointMixin:
     """Plain-state checkpoints written atomically, safe reloading, per-epoch training times, and an
     optional wall-clock budget for training (``max_train_seconds``).
@@ -43,8 +51,12 @@ class SafeCheckpointMixin:
     """
 
     epoch_seconds: list
-    #: why fit() ended: "early_stopping", "epochs" (the last epoch ran) or "time_budget"
+    #: why fit() ended: "early_stopping", "epochs" (the last epoch ran), "time_budget" or "diverged"
     stopped_by: str = "epochs"
+    #: with ``stopped_by == "diverged"``: the one-paragraph message (epoch, loss part, likely fix)
+    divergence: Optional[str] = None
+    _last_losses: Any = None
+    _epoch_idx: int = 0
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """RecBole's fit; with ``max_train_seconds`` it stops before the first epoch that would start after
@@ -61,6 +73,11 @@ class SafeCheckpointMixin:
                     f"epochs: training stopped, the best validated checkpoint is kept"
                 )
             self._add_hparam_to_tensorboard(self.best_valid_score)
+            return self.best_valid_score, self.best_valid_result
+        except LossNotFinite as exc:
+            self.stopped_by = "diverged"
+            self.divergence = self._divergence_message(exc)
+            self.logger.error(self.divergence)
             return self.best_valid_score, self.best_valid_result
         ran_all = len(getattr(self, "epoch_seconds", [])) + self.start_epoch >= self.epochs
         self.stopped_by = "epochs" if ran_all else "early_stopping"
@@ -156,10 +173,53 @@ class SafeCheckpointMixin:
         budget = self.config["max_train_seconds"]
         if budget and self.epoch_seconds and time() - getattr(self, "_fit_start", time()) > budget:
             raise TrainingBudgetSpent()
+        self._epoch_idx = epoch_idx
+        compute_loss = loss_func or self.model.calculate_loss
+
+        def recorded(interaction):  # keeps the step's loss parts, which _check_nan names when one diverges
+            self._last_losses = compute_loss(interaction)
+            return self._last_losses
+
         start = time()
-        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=recorded, show_progress=show_progress)
         self.epoch_seconds.append(time() - start)
         return loss
+
+    def _check_nan(self, loss):
+        """RecBole raises a bare ``ValueError("Training loss is nan")``; this stops the run cleanly instead
+        (:meth:`fit` keeps the best checkpoint so far), on NaN and on infinite losses, naming the part."""
+        if torch.isfinite(loss):
+            return
+        parts = self._loss_parts(self._last_losses if self._last_losses is not None else loss)
+        part, value = next(((n, v) for n, v in parts.items() if not torch.isfinite(torch.as_tensor(v))),
+                           ("loss", loss))
+        raise LossNotFinite(self._epoch_idx, part, float(torch.as_tensor(value).detach()))
+
+    def _loss_parts(self, losses) -> dict:
+        """The loss parts by name (the model's ``loss_names``; ``loss`` for a model with one loss)."""
+        names = getattr(self.model, "loss_names", ())
+        if not isinstance(losses, tuple):
+            return {names[0] if len(names) == 1 else "loss": losses}  # SASRecPlus: its one part, "rec"
+        if len(names) != len(losses):
+            names = [f"loss{i + 1}" for i in range(len(losses))]
+        return dict(zip(names, losses))
+
+    def _divergence_message(self, exc: LossNotFinite) -> str:
+        lr = self.config["learning_rate"]
+        if self.best_valid_result is not None and os.path.isfile(self.saved_model_file):
+            kept = (f"The best checkpoint so far ({self.saved_model_file}, valid {self.config['valid_metric']} "
+                    f"{self.best_valid_score:.4f}) was kept and is tested")
+        else:
+            kept = "No epoch had been validated yet, so there is no checkpoint to test"
+        weight = {"cl": "cl_weight", "nll": "nll_weight", "mse": "mse_weight", "view_rec": "aug_rec_weight",
+                  "cl_un": "lmd", "cl_su": "lmd_sem"}.get(exc.part)
+        return (
+            f"Training diverged in epoch {exc.epoch}: the loss part '{exc.part}' became {exc.value} and training "
+            f"stopped at once. {kept}; the result file says stopped_by: diverged. Fix: lower the learning rate "
+            f"(now {lr:g}; e.g. --learning_rate={lr / 10:g})"
+            + (f", or the weight of that part (--{weight})" if weight else "")
+            + ", or clip the gradients (--clip_grad_norm=\"{'max_norm': 5}\")."
+        )
 
 
 class ContrastiveTrainer(SafeCheckpointMixin, Trainer):
@@ -188,14 +248,6 @@ class ContrastiveTrainer(SafeCheckpointMixin, Trainer):
                 self.view_statistics = []
             self.view_statistics.append({"epoch": epoch_idx, **{k: round(v, 6) for k, v in statistics.items()}})
         return loss
-
-    def _loss_parts(self, losses) -> dict:
-        names = getattr(self.model, "loss_names", ())
-        if not isinstance(losses, tuple):
-            return {names[0] if len(names) == 1 else "loss": losses}  # SASRecPlus: its one part, "rec"
-        if len(names) != len(losses):
-            names = [f"loss{i + 1}" for i in range(len(losses))]
-        return dict(zip(names, losses))
 
     def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
         des = self.config["loss_decimal_place"] or 4

@@ -78,6 +78,36 @@ CASES = [
     ("only_user_id", "onlyuid", [*RUNNER, "--dataset=onlyuid", "--data_path=data"], ["line 3", "1 value"]),
     # item 6: prepare does not silently overwrite another dataset
     ("prepare_overwrite", "seqs", None, ["already exists", "--overwrite"]),
+    # issue 22: RecBole's own properties, checked before training (integers, floats, strings, booleans, lists,
+    # dicts, metric names, split specifications), and values that cannot work with the rest of the run
+    ("rb_int_zero", None, [*RUNNER, "--epochs=0"], ["epochs=0", "positive integer"]),
+    ("rb_int_text", None, [*RUNNER, "--train_batch_size=many"], ["train_batch_size='many'", "an integer"]),
+    ("rb_float_negative", None, [*RUNNER, "--learning_rate=-0.1"], ["learning_rate=-0.1", "> 0"]),
+    ("rb_float_decay", None, [*RUNNER, "--weight_decay=-1"], ["weight_decay=-1", ">= 0"]),
+    ("rb_str_learner", None, [*RUNNER, "--learner=adamm"], ["learner='adamm'", "silently"]),
+    ("rb_str_state", None, [*RUNNER, "--state=loud"], ["state='loud'", "WARNING"]),
+    ("rb_bool", None, [*RUNNER, "--show_progress=yes"], ["show_progress='yes'", "True or False"]),
+    ("rb_list_topk", None, [*RUNNER, "--topk=[0,10]"], ["topk=[0, 10]", "positive integer"]),
+    ("rb_metric_name", None, [*RUNNER, "--metrics=['NDCG','Hitt']"], ["Hitt", "metric names"]),
+    ("rb_metric_mix", None, [*RUNNER, "--metrics=['NDCG','AUC']"], ["AUC", "ranking metrics only"]),
+    ("rb_valid_metric", None, [*RUNNER, "--valid_metric=NDCG@50"], ["valid_metric='NDCG@50'", "NDCG@10", "epoch"]),
+    ("rb_valid_metric_absent", None, [*RUNNER, "--valid_metric=Recall@10"], ["Recall@10", "Hit@10"]),
+    ("rb_split_valid_only", None, [*RUNNER, "--eval_args={'split':{'LS':'valid_only'},'order':'TO','mode':'full'}"],
+     ["valid_only", "valid_and_test"]),
+    ("rb_split_two_ratios", None, [*RUNNER, "--eval_args={'split':{'RS':[0.8,0.2]},'order':'TO','mode':'full'}"],
+     ["RS", "three ratios"]),
+    ("rb_split_random_order", None, [*RUNNER, "--eval_args={'split':{'LS':'valid_and_test'},'order':'RO','mode':'full'}"],
+     ["order TO", "sequential"]),
+    ("rb_split_mode", None, [*RUNNER, "--eval_args={'split':{'LS':'valid_and_test'},'order':'TO','mode':'uni'}"],
+     ["uniN", "full"]),
+    ("rb_dict_negatives", None, [*RUNNER, "--train_neg_sample_args={'distribution':'uniform','sample_num':1}"],
+     ["train_neg_sample_args", "loss_type CE"]),
+    ("rb_dict_clip", None, [*RUNNER, "--clip_grad_norm=5"], ["clip_grad_norm=5", "mapping"]),
+    ("rb_dict_load_col", None, [*RUNNER, "--load_col=['user_id']"], ["load_col", "mapping"]),
+    ("rb_interval_malformed", None, [*RUNNER, "--user_inter_num_interval=[0,30"], ["'[0,30'", "filter nothing"]),
+    ("rb_interval_keeps_nobody", None, [*RUNNER, "--user_inter_num_interval=[0,2]"], ["3 or more", "no user"]),
+    ("rb_not_repeatable", None, [*RUNNER, "--repeatable=False"], ["repeatable=False", "sequential"]),
+    ("rb_sasrec_metric", None, [*RUNNER, "--model=SASRec", "--metrics=['NDCG','Hitt']"], ["Hitt"]),
 ]
 
 
@@ -121,6 +151,50 @@ def test_bad_input(tmp_path, case, files, cmd, words):
 
 def test_cases_cover_the_issue():
     assert len(CASES) >= 25
+    assert sum(1 for c in CASES if c[0].startswith("rb_")) >= 12  # issue 22: RecBole's own properties
+
+
+def test_divergence_stops_cleanly_with_exit_1(tmp_path):
+    """A loss that becomes NaN in the first epoch: exit 1, a message naming the epoch, the part and the fix,
+    the result file written with stopped_by: diverged (nothing validated yet, so nothing tested)."""
+    proc = _run([*RUNNER, "--user_inter_num_interval=[0,25]", *TINY, "--cl_temperature=1e-45",
+                 "--result_file=r.json"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: Training diverged in epoch 0: the loss part 'cl'")
+    assert "--learning_rate=0.0001" in message and "--cl_weight" in message and "stopped_by: diverged" in message
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["stopped_by"] == "diverged" and result["test_result"] == {} and result["divergence"] == message[7:]
+
+
+def test_divergence_keeps_and_tests_the_best_checkpoint(tmp_path, monkeypatch):
+    """NaN from the third epoch on: the run stops there, the best checkpoint (of a finite epoch) is tested, the
+    last checkpoint is the last finite epoch's, and the result file says so."""
+    import torch
+
+    from recbole_diffcl.errors import TrainingDiverged
+    from recbole_diffcl.model.sasrecplus import SASRecPlus
+    from recbole_diffcl.quick_start import run
+    from tests.conftest import tiny_config
+
+    real_loss = SASRecPlus.calculate_loss
+
+    def nan_from_epoch_2(self, interaction):
+        loss = real_loss(self, interaction)
+        return loss * float("nan") if self.current_epoch >= 2 else loss
+
+    monkeypatch.setattr(SASRecPlus, "calculate_loss", nan_from_epoch_2)
+    props = tiny_config(tmp_path, epochs=5, user_inter_num_interval="[0,25]", stopping_step=100)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: the loss part 'rec' became nan") as raised:
+        run("SASRecPlus", "ml-100k", config_dict=props, result_file=str(tmp_path / "r.json"))
+    assert "was kept and is tested" in str(raised.value)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["stopped_by"] == "diverged" and result["epochs_run"] == 2 and result["test_result"]["ndcg@10"] >= 0
+    best = torch.load(result["checkpoint"], weights_only=True)
+    last = torch.load(result["last_checkpoint"], weights_only=True)
+    assert best["epoch"] <= 1 and last["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
 
 def test_dataset_without_property_file_trains(tmp_path):
