@@ -125,3 +125,39 @@ def test_last_position_encoding_equals_the_full_encoder_at_the_last_position(pas
     full = model.encode_all_positions(batch["item_id_list"], batch["item_length"])
     expected = model.gather_indexes(full, batch["item_length"] - 1)
     torch.testing.assert_close(model.forward(batch["item_id_list"], batch["item_length"]), expected)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 0])
+def test_fused_cross_entropy_equals_torchs(ignore_index):
+    from recbole_diffcl.model.losses import CHUNK_ROWS, linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(2 * CHUNK_ROWS + 37, 16, requires_grad=True)  # three chunks, the last one short
+    weight = torch.randn(300, 16, requires_grad=True)
+    targets = torch.randint(0, 300, (h.size(0),))  # target 0 is ignored in the second case
+    plain = linear_cross_entropy(h, weight, targets, fused=False, ignore_index=ignore_index)
+    fused = linear_cross_entropy(h, weight, targets, fused=True, ignore_index=ignore_index)
+    torch.testing.assert_close(fused, plain)
+    for a, b in zip(torch.autograd.grad(fused, (h, weight)), torch.autograd.grad(plain, (h, weight))):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # evaluation-style calls take torch's path
+        torch.testing.assert_close(linear_cross_entropy(h, weight, targets, fused=True, ignore_index=ignore_index), plain)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_models_train_the_same_with_fused_cross_entropy(sync_free):
+    from recbole_diffcl.model.sasrecplus import SASRecPlus
+
+    grads = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = make_model(SASRecPlus, fused_cross_entropy=fused, sync_free_steps=sync_free, **SMALL)
+        assert model.fused_cross_entropy is fused
+        model.eval()  # no dropout: the same numbers in both
+        loss = model.calculate_loss(make_batch(batch=16, seed=3))
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
+    assert make_model(SASRecPlus, **SMALL).fused_cross_entropy is True  # auto: on for a CPU

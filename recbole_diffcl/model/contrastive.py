@@ -18,6 +18,7 @@ from recbole.model.loss import BPRLoss
 from recbole_diffcl.data.dataloader import LOSS_START_FIELD
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.layers import attend_from_one_position
+from recbole_diffcl.model.losses import linear_cross_entropy
 from recbole_diffcl import properties as P
 
 SIMILARITIES = ("dot", "cos")
@@ -143,6 +144,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         "trim_batches": P.one_of(True, False, "auto"),
         "sync_free_steps": P.one_of(True, False, "auto"),
         "length_sorted_passes": P.positive_int_or("auto"),
+        "fused_cross_entropy": P.one_of(True, False, "auto"),
     }
 
     def __init__(self, config, dataset):
@@ -169,6 +171,8 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         optional_auto = lambda key, auto: auto if optional(key, "auto") == "auto" else bool(config[key])  # noqa: E731
         self.trim_batches = optional_auto("trim_batches", not on_gpu)
         self.sync_free = optional_auto("sync_free_steps", on_gpu)
+        # CE over all items chunk by chunk (model/losses.py): less memory traffic, which bounds a CPU step
+        self.fused_cross_entropy = optional_auto("fused_cross_entropy", not on_gpu)
         self.length_sorted_passes = resolve_length_sorted_passes(config["length_sorted_passes"], config["device"])
         self.whole_sequence = bool(config["whole_sequence_training"])
         self.current_epoch = 0  # set by the trainer at the start of every epoch
@@ -330,7 +334,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         if self.loss_type == "BPR":
             neg_items = interaction[self.NEG_ITEM_ID]
             return self.loss_fct(self.score_pairs(seq_output, pos_items), self.score_pairs(seq_output, neg_items))
-        return self.loss_fct(seq_output @ self.item_table.T, pos_items)
+        return linear_cross_entropy(seq_output, self.item_table, pos_items, self.fused_cross_entropy)
 
     def whole_sequence_rec_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
         """Next-item loss at every real position of each row (``whole_sequence_training``).
@@ -373,10 +377,10 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
             negatives = sample_negatives(targets, self.n_items, row_items)
             terms = F.softplus(-self.score_pairs(outputs, targets)) + F.softplus(self.score_pairs(outputs, negatives))
             return (terms * real).sum() / real.sum().clamp(min=1)
-        if self.sync_free:
-            logits = outputs @ self.item_table.T  # B x L' x n_items
-            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
-        return self.loss_fct(outputs[real] @ self.item_table.T, targets[real])
+        if self.sync_free:  # every position scored, padding (target 0) ignored
+            return linear_cross_entropy(outputs.flatten(0, 1), self.item_table, targets.flatten(),
+                                        self.fused_cross_entropy, ignore_index=0)
+        return linear_cross_entropy(outputs[real], self.item_table, targets[real], self.fused_cross_entropy)
 
     def next_item_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
         """The recommender's loss on the original rows: at the last position, or at every position

@@ -1,0 +1,168 @@
+"""Training epochs of two checkouts, side by side in one run: the speed ratio new / old on this machine.
+
+    python perf/side_by_side.py --old=../baseline-checkout [--new=.] --dataset=amazon-beauty \
+        --models=SASRecPlus,DiffCLRec --rounds=4 [--out=docs/results/side_by_side.md] [--key=value ...]
+
+For every (checkout, model) a worker process builds the data, the model and its trainer once, as the
+runner does, with that checkout's code. The parent then asks the workers for one training epoch at a
+time (RecBole's ``_train_epoch`` of the run's trainer: collation, steps, loss logging), never two at once,
+alternating old and new within each round (old-new, then new-old in the next), so that whatever else
+the machine does falls on both alike. Round 1 is warm-up; the table gives the median seconds of the other
+rounds, the ratio new / old per model, and each model's epoch over the first model's in each checkout.
+Threads: torch's default (all cores) unless ``OMP_NUM_THREADS`` says otherwise. Extra ``--key=value``
+pairs are properties for every worker (e.g. ``--fused_cross_entropy=False``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(checkout: str, model: str, dataset: str, overrides: dict) -> None:
+    """Build the run once; for each line ``epoch K`` on stdin train epoch K and print its seconds."""
+    sys.path.insert(0, checkout)
+    import torch
+    from recbole.utils import init_seed
+
+    from recbole_diffcl.quick_start import build_data, load_config
+    from recbole_diffcl.trainer import get_trainer
+
+    props = {"show_progress": False, "state": "ERROR", "log_wandb": False, **overrides}
+    model_class, config = load_config(model, dataset, None, props)
+    init_seed(config["seed"], config["reproducibility"])
+    _, train_data, _, _ = build_data(config)
+    init_seed(config["seed"], config["reproducibility"])
+    net = model_class(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"], model_class)(config, net)
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "steps": len(train_data)}), flush=True)
+    for line in sys.stdin:
+        epoch = int(line.split()[1])
+        start = time.perf_counter()
+        trainer._train_epoch(train_data, epoch, show_progress=False)
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+
+
+class Worker:
+    def __init__(self, checkout: Path, model: str, dataset: str, overrides: dict, workdir: Path):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"--checkout={checkout}", f"--model={model}",
+               f"--dataset={dataset}", f"--overrides={json.dumps(overrides)}"]
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"a worker stopped (exit {self.proc.wait()}); run it alone to see why")
+        return json.loads(line)
+
+    def epoch(self, k: int) -> float:
+        self.proc.stdin.write(f"epoch {k}\n")
+        self.proc.stdin.flush()
+        return self._read()["seconds"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def git_commit(checkout: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old", help="the baseline checkout (a folder with recbole_diffcl/)")
+    parser.add_argument("--new", default=str(ROOT), help="the checkout to compare (default: this one)")
+    parser.add_argument("--dataset", default="amazon-beauty")
+    parser.add_argument("--models", default="SASRecPlus,DiffCLRec")
+    parser.add_argument("--rounds", type=int, default=4, help="epochs per (checkout, model); the first is warm-up")
+    parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkout", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args, extra = parser.parse_known_args(argv)
+    if args.worker:
+        worker(args.checkout, args.model, args.dataset, json.loads(args.overrides))
+        return 0
+    if not args.old or args.rounds < 2:
+        parser.error("--old is required and --rounds must be >= 2 (one warm-up round)")
+    overrides = dict(item[2:].split("=", 1) for item in extra if item.startswith("--") and "=" in item)
+    overrides.setdefault("data_path", str(ROOT / "dataset"))
+    checkouts = {"old": Path(args.old).resolve(), "new": Path(args.new).resolve()}
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in checkouts for m in models}
+    with tempfile.TemporaryDirectory() as tmp:
+        workers = {}
+        for v, path in checkouts.items():
+            for m in models:
+                folder = Path(tmp) / f"{v}-{m}"
+                folder.mkdir()
+                workers[v, m] = Worker(path, m, args.dataset, {**overrides, "checkpoint_dir": str(folder / "saved")},
+                                       folder)
+        threads = workers[next(iter(workers))].info["threads"]
+        for r in range(args.rounds):
+            order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
+            for m in models:
+                for v in order:
+                    seconds = workers[v, m].epoch(r)
+                    times[v, m].append(seconds)
+                    print(f"round {r + 1}/{args.rounds} {m} {v}: {seconds:.1f} s", flush=True)
+        for w in workers.values():
+            w.close()
+
+    median = {key: statistics.median(values[1:]) for key, values in times.items()}
+    lines = [
+        f"Side by side, {datetime.now().strftime('%Y-%m-%d %H:%M')}, {machine()}, {threads} torch threads; "
+        f"{args.dataset}, {args.rounds - 1} measured rounds after one warm-up, old and new alternating.",
+        f"old = {checkouts['old']} ({git_commit(checkouts['old'])}), new = {checkouts['new']} "
+        f"({git_commit(checkouts['new'])}); command: `python perf/side_by_side.py "
+        + " ".join(sys.argv[1:] if argv is None else argv) + "`",
+        "",
+        f"| model | old s / epoch | new s / epoch | new / old | old / {models[0]} | new / {models[0]} | epochs (s), old; new |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in models:
+        lines.append(
+            f"| {m} | {median['old', m]:.1f} | {median['new', m]:.1f} | {median['new', m] / median['old', m]:.2f} | "
+            f"{median['old', m] / median['old', models[0]]:.2f} | {median['new', m] / median['new', models[0]]:.2f} | "
+            + ", ".join(f"{s:.1f}" for s in times['old', m]) + "; " + ", ".join(f"{s:.1f}" for s in times['new', m])
+            + " |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
