@@ -352,8 +352,15 @@ def load_checked_data(config):
     size = (len(data.inter_feat), len(lengths), int(lengths.max()) if len(lengths) else 0)
     try:
         train_data, valid_data, test_data = data_preparation(config, data)
-    except (ValueError, IndexError, RuntimeError) as exc:
-        raise UserError(_too_short(config, size, f" (RecBole: {exc})")) from None
+    except (ValueError, IndexError, RuntimeError, KeyError) as exc:
+        if size[2] < 3:  # no user can give a training, a validation and a test interaction
+            raise UserError(_too_short(config, size, f" (RecBole: {exc})")) from None
+        raise UserError(
+            f"RecBole could not split dataset '{config['dataset']}' ({size[0]} interactions of {size[1]} users, the "
+            f"longest with {size[2]}): {type(exc).__name__}: {str(exc).splitlines()[0]}. Fix: check that load_col "
+            f"loads the columns the split needs (user, item and, for eval_args order TO, the time column "
+            f"{config['TIME_FIELD']}) and that eval_args fits the data."
+        ) from None
     sizes = {name: len(part.dataset) if part is not None else 0
              for name, part in (("training", train_data), ("validation", valid_data), ("test", test_data))}
     empty = [name for name, n in sizes.items() if n == 0]

@@ -261,3 +261,28 @@ def test_same_seed_same_result(tmp_path):
         results.append(json.loads((folder / "r.json").read_text()))
     for key in ("best_valid_score", "best_valid_result", "test_result", "epochs_run"):
         assert results[0][key] == results[1][key], key
+
+
+@pytest.mark.parametrize("longest, expected", [(2, "too short to split"), (9, "could not split")])
+def test_split_failures_are_reworded_by_their_cause(monkeypatch, tmp_path, longest, expected):
+    """RecBole's split errors: "too short" only where no user has three interactions, else RecBole's reason
+    (a missing time column once read as "too short")."""
+    import numpy as np
+
+    from recbole_diffcl import preflight
+    from recbole_diffcl.errors import UserError
+    from recbole_diffcl.quick_start import load_config
+
+    _, config = load_config("SASRecPlus", "ml-100k", config_dict={"user_inter_num_interval": "[0,25]"})
+
+    class Data:
+        inter_feat = {config["USER_ID_FIELD"]: np.repeat(np.arange(4), longest)}
+
+    def fail(*args):
+        raise ValueError("[timestamp] is not exist in interaction")
+
+    monkeypatch.setattr("recbole_diffcl.data.create_dataset", lambda c: Data())
+    monkeypatch.setattr("recbole.data.data_preparation", fail)
+    with pytest.raises(UserError, match=expected) as err:
+        preflight.load_checked_data(config)
+    assert ("timestamp" in str(err.value)) and ("at least 3" in str(err.value)) == (longest < 3)

@@ -185,10 +185,10 @@ def check_dataset_files(config: Any) -> None:
         else:
             cmd = prepare_command(name, data_root, f"PATH/TO/{bench.sequence_file}")
             how = (
-                f"Convert the benchmark file {bench.sequence_file} (one line per user: uid iid iid ...) "
-                f"with: {cmd} (or run it without --source to download RecBole's raw "
-                f"'{bench.raw_name}' data and 5-core filter it, which needs the network and differs "
-                f"slightly from the published benchmark)"
+                f"The runner downloads the published benchmark file by itself when it can reach "
+                f"{bench.url}, which this machine cannot. Convert a copy of {bench.sequence_file} (one line "
+                f"per user: uid iid iid ...) with: {cmd} (or put it at {data_root / name / bench.sequence_file}, "
+                f"where the runner finds it)"
             )
         raise UserError(
             f"Dataset '{name}' is not prepared: {inter} does not exist. '{name}' is a 5-core "

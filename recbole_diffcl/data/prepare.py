@@ -17,8 +17,14 @@ Sources:
     ``.inter`` such as RecBole's Amazon downloads): iterative k-core filtering (users and items both
     with at least k interactions, repeated until nothing changes), equal timestamps keep file order;
   * nothing: the benchmark file is looked up in the known places (see
-    :func:`recbole_diffcl.data.registry.benchmark_search_paths`); failing that, RecBole's raw download of
-    the matching dataset is fetched and 5-core filtered (network needed; fails fast offline).
+    :func:`recbole_diffcl.data.registry.benchmark_search_paths`); failing that, the published file is
+    downloaded from its public copy, checked against its pinned sha256 and kept as
+    ``<data_path>/<name>/<file>`` (network needed; fails fast offline). With ``--raw``, RecBole's raw
+    download of the matching dataset is fetched and 5-core filtered instead (the route RecBole users know;
+    the counts differ slightly from the published file).
+
+:func:`prepare_for_run` does the same for the runner: a benchmark whose atomic file is missing is made
+from the benchmark file where one is found, or from the download, before training.
 
 The output is written to a temporary file in the target folder and renamed into place, so an
 interrupted run never leaves a truncated ``.inter`` that RecBole would load.
@@ -41,6 +47,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from recbole_diffcl.data.download import download_file
 from recbole_diffcl.data.readers import Ratings, detect_format, kcore, read_ratings, read_sequences
 from recbole_diffcl.data.registry import (
     BENCHMARKS,
@@ -172,6 +179,21 @@ def raw_download_url(name: str, data_path: str | os.PathLike) -> str:
     return url
 
 
+def download_benchmark(name: str, data_path: str | os.PathLike, say: Callable[[str], None] = print) -> Path:
+    """The published benchmark file of ``name``, downloaded to ``<data_path>/<name>/<file>`` and checked
+    against its pinned sha256; a ``UserError`` naming where we looked when it cannot be reached."""
+    bench = BENCHMARKS[name]
+    if not can_reach(bench.url):
+        looked = "; ".join(str(p) for p in benchmark_search_paths(name, data_path))
+        raise UserError(
+            f"No source for '{name}': the benchmark file {bench.sequence_file} was not found (looked in: {looked}) "
+            f"and its published copy ({bench.url}) is unreachable from this machine. Fix: pass --source "
+            f"PATH/TO/{bench.sequence_file} (or a ratings CSV), or set {SHARED_DATA_ENV} to a folder holding "
+            f"{name}/{bench.sequence_file}."
+        )
+    return download_file(bench.url, Path(data_path) / name / bench.sequence_file, bench.sha256, say)
+
+
 def download_raw(url: str, workdir: Path, say: Callable[[str], None] = print) -> Path:
     """Download and unzip ``url`` (a RecBole ProcessedDatasets zip) into ``workdir``; return its .inter.
 
@@ -207,11 +229,13 @@ def prepare(
     k: int = 5,
     say: Callable[[str], None] = print,
     overwrite: bool = False,
+    from_raw: bool = False,
 ) -> tuple[Path, Stats]:
     """Create ``<data_path>/<name>/<name>.inter``; return its path and size.
 
     ``fmt`` is ``auto``, ``sequences`` or ``ratings``; ``k`` is the k-core threshold for ratings
-    (0 or 1 disables filtering). Raises :class:`UserError` for bad names, missing or malformed input,
+    (0 or 1 disables filtering). Without ``source`` a benchmark's file is looked up, else downloaded
+    (``from_raw``: RecBole's raw data instead, k-core filtered). Raises :class:`UserError` for bad names, missing or malformed input,
     an unwritable ``data_path``, or (without ``overwrite``) an existing dataset file with other content.
     """
     if not _NAME.fullmatch(name):
@@ -234,7 +258,9 @@ def prepare(
                 f"there is nothing to look up or download: pass --source FILE (a sequence file "
                 f"'uid iid iid ...' or a ratings CSV 'user,item,rating,timestamp')."
             )
-        found = find_benchmark_source(name, data_path)
+        found = find_benchmark_source(name, data_path) if not from_raw else None
+        if found is None and not from_raw:
+            found = download_benchmark(name, data_path, say)
         if found is not None:
             say(f"using the benchmark file {found}")
             src, fmt = found, "sequences"
@@ -294,6 +320,26 @@ def prepare(
     return target, stats
 
 
+def prepare_for_run(config, say: Callable[[str], None] = print) -> Optional[Path]:
+    """Before a run: make a named benchmark's missing atomic file (from the benchmark file where one is found,
+    else from the checked download) and say so in one line; None when there is nothing to do or no source
+    (the dataset check then says what to do)."""
+    name = str(config["dataset"])
+    dataset_dir = Path(str(config["data_path"]))  # <data_path>/<dataset> once RecBole's Config is built
+    if name not in BENCHMARKS or config["benchmark_filename"] or (dataset_dir / f"{name}.inter").exists():
+        return None
+    data_root = dataset_dir.parent
+    bench = BENCHMARKS[name]
+    source = find_benchmark_source(name, data_root)
+    if source is None:
+        if not can_reach(bench.url):
+            return None  # offline: the dataset check names the fixes
+        source = download_benchmark(name, data_root, say)
+    target, stats = prepare(name, source, data_root, fmt="sequences", say=lambda line: None)
+    say(f"prepared {name}: wrote {target} from {source} ({stats.summary()})")
+    return target
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m recbole_diffcl.prepare",
@@ -305,7 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     ap.add_argument("name", help=f"dataset name, e.g. {', '.join(BENCHMARKS)}")
-    ap.add_argument("--source", help="input file (default: look up the benchmark file, else download)")
+    ap.add_argument("--source", help="input file (default: look up the benchmark file, else download the "
+                    "published one, checked against its sha256)")
+    ap.add_argument("--raw", action="store_true",
+                    help="without --source: build from RecBole's raw download, k-core filtered (counts differ "
+                    "slightly from the published benchmark file)")
     ap.add_argument(
         "--data_path", "--data-path", default=DEFAULT_DATA_PATH,
         help=f"RecBole data root (default {DEFAULT_DATA_PATH!r}); output goes to DATA_PATH/NAME/",
@@ -330,7 +380,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        prepare(args.name, args.source, args.data_path, args.format, args.kcore, overwrite=args.overwrite)
+        prepare(args.name, args.source, args.data_path, args.format, args.kcore, overwrite=args.overwrite,
+                from_raw=args.raw)
         return 0
 
     return exit_code_of(run, interrupted="interrupted; nothing was written")

@@ -27,6 +27,10 @@ import yaml
 
 # Environment variable naming a folder laid out like ../shared/data (one sub-folder per dataset).
 SHARED_DATA_ENV = "RECBOLE_DIFFCL_SHARED_DATA"
+# Environment variable naming another base URL for the published benchmark files (a mirror).
+MIRROR_ENV = "RECBOLE_DIFFCL_BENCHMARK_MIRROR"
+# The public copy of the benchmark files the literature uses (S3-Rec, Zhou et al., CIKM 2020).
+S3REC_DATA_URL = "https://raw.githubusercontent.com/RUCAIBox/CIKM2020-S3Rec/master/data"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (recbole_diffcl/data/ is two below)
 
@@ -40,6 +44,14 @@ class BenchmarkDataset:
     raw_name: Optional[str]  # RecBole's url.yaml name of the matching raw data, for download
     published: Optional[tuple[int, int, int]]  # users, items, interactions as published (S3-Rec)
     raw_note: str = ""  # how the raw download differs from the benchmark file
+    sha256: Optional[str] = None  # of the published benchmark file (S3-Rec's copy), checked after download
+
+    @property
+    def url(self) -> str:
+        """Where the published file is downloaded from: S3-Rec's public copy, or the mirror named by
+        :data:`MIRROR_ENV` (a base URL holding the same file names); the checksum is checked either way."""
+        base = os.environ.get(MIRROR_ENV) or S3REC_DATA_URL
+        return base.rstrip("/") + "/" + self.sequence_file
 
 
 BENCHMARKS: dict[str, BenchmarkDataset] = {
@@ -50,12 +62,15 @@ BENCHMARKS: dict[str, BenchmarkDataset] = {
             "Sports_and_Outdoors.txt",
             "amazon-sports-outdoors",
             (35598, 18357, 296337),
+            sha256="2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2",
         ),
         BenchmarkDataset(
-            "amazon-beauty", "Beauty.txt", "amazon-beauty", (22363, 12101, 198502)
+            "amazon-beauty", "Beauty.txt", "amazon-beauty", (22363, 12101, 198502),
+            sha256="226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
         ),
         BenchmarkDataset(
-            "amazon-toys", "Toys_and_Games.txt", "amazon-toys-games", (19412, 11924, 167597)
+            "amazon-toys", "Toys_and_Games.txt", "amazon-toys-games", (19412, 11924, 167597),
+            sha256="176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f",
         ),
         BenchmarkDataset(
             "yelp",
@@ -66,6 +81,7 @@ BENCHMARKS: dict[str, BenchmarkDataset] = {
                 "RecBole's 'yelp' download is the full Yelp review dump; the benchmark Yelp.txt was cut "
                 "to a date range before 5-core filtering, so the result will differ from it"
             ),
+            sha256="724b219106b81dd2349027da997334ddb6da9fe2f152ad6e0d97a93170f7caed",
         ),
     )
 }
