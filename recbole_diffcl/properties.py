@@ -311,9 +311,11 @@ def _check_negative_sampling(values: dict[str, Any], sequential: bool) -> None:
     if distribution in ("uniform", "popularity"):
         if not (_is_int(args.get("sample_num", 1)) and args.get("sample_num", 1) >= 1):
             raise _invalid("train_neg_sample_args", args, "a mapping whose sample_num is a positive integer")
-        if sequential and values.get("loss_type") == "CE":
-            raise _invalid("train_neg_sample_args", args, "~ (none) with loss_type CE",
-                           ": CE scores every item, so no negatives are sampled (BPR needs them)")
+        loss = values.get("loss_type")
+        if sequential and loss in ("CE", "SSM", "BCE"):
+            raise _invalid("train_neg_sample_args", args, f"~ (none) with loss_type {loss}",
+                           ": CE scores every item and SSM and BCE draw their own negatives, so RecBole samples "
+                           "none (BPR needs them)")
     for key, (is_valid, text) in {"alpha": (_is_number, "a number"), "dynamic": (lambda v: isinstance(v, bool), "True or False"),
                                   "candidate_num": (lambda v: _is_int(v) and v >= 0, "an integer >= 0")}.items():
         if key in args and not is_valid(args[key]):

@@ -95,6 +95,12 @@ def load_config(
             f"puts the next-item loss at every position (SASRecPlus, DiffCLRec, CL4SRec, DuoRec). Fix: drop "
             f"--whole_sequence_training or set it to False."
         )
+    if config["loss_type"] == "SSM" and not hasattr(model_class, "supports_whole_sequence"):
+        raise UserError(
+            f"loss_type=SSM (sampled softmax) is a loss of the plugin's models (SASRecPlus, DiffCLRec, CL4SRec, "
+            f"DuoRec); RecBole's {model_class.__name__} knows CE and BPR only. Fix: use --model=SASRecPlus for "
+            f"SASRec with sampled softmax, or --loss_type=CE."
+        )
     if config["loss_type"] == "BCE" and not hasattr(model_class, "supports_whole_sequence"):
         raise UserError(
             f"loss_type=BCE (one sampled negative per position, the DiffCLRec authors' loss) is a loss of the "

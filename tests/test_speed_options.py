@@ -161,3 +161,40 @@ def test_models_train_the_same_with_fused_cross_entropy(sync_free):
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b)
     assert make_model(SASRecPlus, **SMALL).fused_cross_entropy is True  # auto: on for a CPU
+
+
+def test_sampled_softmax_estimates_the_full_softmax():
+    from recbole_diffcl.model.losses import linear_cross_entropy, sampled_softmax_loss
+
+    torch.manual_seed(0)
+    h, weight = torch.randn(64, 8), torch.randn(40, 8)
+    targets = torch.randint(1, 40, (64,))
+    full = linear_cross_entropy(h, weight, targets)
+    # many uniform draws with the logQ correction: the sampled sum approaches the full one
+    estimate = sampled_softmax_loss(h, weight, targets, 200_000)
+    assert abs(estimate.item() - full.item()) < 0.05 * full.item()
+    counts = torch.arange(40, dtype=torch.float32)
+    counts[0] = 0
+    by_popularity = sampled_softmax_loss(h, weight, targets, 200_000, counts / counts.sum())
+    assert abs(by_popularity.item() - full.item()) < 0.05 * full.item()
+    # an accidental hit (a negative equal to the target) is masked: one negative, always the target
+    only_target = sampled_softmax_loss(h[:1], weight, targets[:1], 3, torch.nn.functional.one_hot(targets[:1], 40)[0].float())
+    assert only_target.item() == pytest.approx(0.0, abs=1e-6)
+    # ignored rows give nothing
+    ignored = targets.clone()
+    ignored[::2] = 0
+    half = sampled_softmax_loss(h, weight, ignored, 50, ignore_index=0)
+    assert torch.isfinite(half)
+
+
+def test_models_train_with_sampled_softmax():
+    from recbole_diffcl.model.sasrecplus import SASRecPlus
+
+    torch.manual_seed(0)
+    model = make_model(SASRecPlus, loss_type="SSM", ssm_negatives=16, **SMALL)
+    loss = model.calculate_loss(make_batch(batch=16, seed=3))
+    loss.backward()
+    assert torch.isfinite(loss) and model.item_embedding.weight.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    diff = make_model(DiffCLRec, loss_type="SSM", ssm_negatives=16, mask_ratio=0.5, **SMALL)
+    assert all(torch.isfinite(p) for p in diff.calculate_loss(make_batch(batch=16, seed=3)))

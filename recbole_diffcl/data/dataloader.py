@@ -9,7 +9,7 @@ most of the padding. Every row is still seen exactly once per epoch (the same mu
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -97,6 +97,30 @@ def user_row_ranks(user_ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.n
     sizes = np.diff(np.r_[starts, len(order)])
     rank = np.arange(len(order)) - np.repeat(starts, sizes)
     return order, rank, np.repeat(sizes, sizes)
+
+
+def training_item_counts(dataset, n_items: int) -> Optional[torch.Tensor]:
+    """How often each item id occurs in the training data (n_items floats, padding 0), or None when the
+    dataset holds no interactions (e.g. a model built without RecBole data).
+
+    Counted over RecBole's prefix rows (kept beside whole-sequence rows as ``prefix_inter_feat``): every
+    training interaction but a user's first is the target of one row, and the first is the first input
+    item of the user's oldest row, so each is counted once, in the prefix and whole-sequence regimes alike.
+    """
+    feat = getattr(dataset, "prefix_inter_feat", None)
+    if feat is None:
+        feat = getattr(dataset, "inter_feat", None)
+    if feat is None:
+        return None
+    items = [feat[dataset.iid_field]]
+    list_field = getattr(dataset, "item_id_list_field", None)
+    if list_field is not None and list_field in feat:
+        order, rank, _ = user_row_ranks(feat[dataset.uid_field])
+        oldest = torch.from_numpy(order[rank == 0])
+        items.append(feat[list_field][oldest, 0])
+    counts = torch.bincount(torch.cat(items).long(), minlength=n_items)[:n_items].float()
+    counts[0] = 0.0
+    return counts
 
 
 def sequence_windows(n_targets: np.ndarray, max_len: int, overlap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

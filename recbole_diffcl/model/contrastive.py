@@ -15,14 +15,15 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from recbole.model.loss import BPRLoss
 
-from recbole_diffcl.data.dataloader import LOSS_START_FIELD
+from recbole_diffcl.data.dataloader import LOSS_START_FIELD, training_item_counts
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.layers import attend_from_one_position
-from recbole_diffcl.model.losses import linear_cross_entropy
+from recbole_diffcl.model.losses import linear_cross_entropy, sampled_softmax_loss
 from recbole_diffcl import properties as P
 
 SIMILARITIES = ("dot", "cos")
-LOSS_TYPES = ("CE", "BCE", "BPR")
+LOSS_TYPES = ("CE", "BCE", "BPR", "SSM")
+SSM_DISTRIBUTIONS = ("uniform", "popularity")
 #: rounds of redrawing a BCE negative that hit an item of its row (fixed: no host sync to check for hits)
 NEGATIVE_REDRAWS = 4
 
@@ -145,6 +146,8 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         "sync_free_steps": P.one_of(True, False, "auto"),
         "length_sorted_passes": P.positive_int_or("auto"),
         "fused_cross_entropy": P.one_of(True, False, "auto"),
+        "ssm_negatives": P.positive_int(),
+        "ssm_distribution": P.one_of(*SSM_DISTRIBUTIONS),
     }
 
     def __init__(self, config, dataset):
@@ -198,6 +201,13 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
             self.loss_fct = nn.CrossEntropyLoss()
         elif self.loss_type == "BCE":
             self.loss_fct = binary_cross_entropy
+        elif self.loss_type == "SSM":  # sampled softmax: ssm_negatives items shared by the batch (model/losses.py)
+            self.ssm_negatives = optional("ssm_negatives", 256)
+            self.register_buffer("ssm_probs", torch.zeros(0), persistent=False)
+            if optional("ssm_distribution", "uniform") == "popularity":
+                counts = training_item_counts(dataset, self.n_items)
+                if counts is not None and counts.sum() > 0:
+                    self.ssm_probs = counts / counts.sum()
         else:
             raise UserError(
                 f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}. Fix: set --loss_type=CE."
@@ -326,15 +336,23 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         return self.loss_fct(self.score_pairs(outputs, targets), self.score_pairs(outputs, negatives))
 
     def rec_loss(self, seq_output: torch.Tensor, interaction) -> torch.Tensor:
-        """Next-item loss at the last position: CE over all items (as RecBole's SASRec), BCE against one
-        sampled negative (the DiffCLRec authors'), or BPR with RecBole's sampled negative."""
+        """Next-item loss at the last position: CE over all items (as RecBole's SASRec), SSM (sampled softmax),
+        BCE against one sampled negative (the DiffCLRec authors'), or BPR with RecBole's sampled negative."""
         pos_items = interaction[self.POS_ITEM_ID]
         if self.loss_type == "BCE":
             return self.bce_loss(seq_output, pos_items, interaction[self.ITEM_SEQ])
         if self.loss_type == "BPR":
             neg_items = interaction[self.NEG_ITEM_ID]
             return self.loss_fct(self.score_pairs(seq_output, pos_items), self.score_pairs(seq_output, neg_items))
-        return linear_cross_entropy(seq_output, self.item_table, pos_items, self.fused_cross_entropy)
+        return self.full_item_loss(seq_output, pos_items)
+
+    def full_item_loss(self, outputs: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """The softmax loss of ``outputs`` (N x d) for ``targets`` (N) over the items: CE over all of them
+        (chunked with ``fused_cross_entropy``), or ``SSM``, sampled negatives with the logQ correction."""
+        if self.loss_type == "SSM":
+            probs = self.ssm_probs if self.ssm_probs.numel() else None
+            return sampled_softmax_loss(outputs, self.item_table, targets, self.ssm_negatives, probs, ignore_index)
+        return linear_cross_entropy(outputs, self.item_table, targets, self.fused_cross_entropy, ignore_index)
 
     def whole_sequence_rec_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
         """Next-item loss at every real position of each row (``whole_sequence_training``).
@@ -378,9 +396,8 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
             terms = F.softplus(-self.score_pairs(outputs, targets)) + F.softplus(self.score_pairs(outputs, negatives))
             return (terms * real).sum() / real.sum().clamp(min=1)
         if self.sync_free:  # every position scored, padding (target 0) ignored
-            return linear_cross_entropy(outputs.flatten(0, 1), self.item_table, targets.flatten(),
-                                        self.fused_cross_entropy, ignore_index=0)
-        return linear_cross_entropy(outputs[real], self.item_table, targets[real], self.fused_cross_entropy)
+            return self.full_item_loss(outputs.flatten(0, 1), targets.flatten(), ignore_index=0)
+        return self.full_item_loss(outputs[real], targets[real])
 
     def next_item_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction) -> torch.Tensor:
         """The recommender's loss on the original rows: at the last position, or at every position

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from recbole_diffcl import diffusion
 from recbole_diffcl import properties as P
+from recbole_diffcl.data.dataloader import training_item_counts
 from recbole_diffcl.model.contrastive import ContrastiveSequentialRecommender
 
 
@@ -53,32 +54,6 @@ def timestep_range() -> P.Check:
         and 0 <= v[0] < v[1] <= 1,
         "a list [low, high] of fractions of diffusion_steps with 0 <= low < high <= 1, e.g. [0.0, 0.1]",
     )
-
-
-def training_item_counts(dataset, n_items: int) -> Optional[torch.Tensor]:
-    """How often each item id occurs in the training data (n_items floats, padding 0), or None when the
-    dataset holds no interactions (e.g. a model built without RecBole data).
-
-    Counted over RecBole's prefix rows (kept beside whole-sequence rows as ``prefix_inter_feat``): every
-    training interaction but a user's first is the target of one row, and the first is the first input
-    item of the user's oldest row, so each is counted once, in the prefix and whole-sequence regimes alike.
-    """
-    from recbole_diffcl.data.dataloader import user_row_ranks
-
-    feat = getattr(dataset, "prefix_inter_feat", None)
-    if feat is None:
-        feat = getattr(dataset, "inter_feat", None)
-    if feat is None:
-        return None
-    items = [feat[dataset.iid_field]]
-    list_field = getattr(dataset, "item_id_list_field", None)
-    if list_field is not None and list_field in feat:
-        order, rank, _ = user_row_ranks(feat[dataset.uid_field])
-        oldest = torch.from_numpy(order[rank == 0])
-        items.append(feat[list_field][oldest, 0])
-    counts = torch.bincount(torch.cat(items).long(), minlength=n_items)[:n_items].float()
-    counts[0] = 0.0
-    return counts
 
 
 def popularity_percentiles(counts: torch.Tensor) -> torch.Tensor:

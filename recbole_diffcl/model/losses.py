@@ -8,8 +8,14 @@ fused way computes the loss and both gradients chunk by chunk in its forward pas
 scores is still in the cache, and keeps only the gradients (N x d and n_items x d) for the backward pass:
 the same values (tests: to float rounding), the same three matrix products, a fraction of the memory
 traffic. It is ``fused_cross_entropy: auto`` (on for a CPU; a GPU keeps torch's kernels, one launch each).
+
+:func:`sampled_softmax_loss` (``loss_type: SSM``) scores a few hundred sampled negatives instead of the
+whole table, for catalogs where the full softmax does not fit.
 """
 from __future__ import annotations
+
+import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -72,3 +78,36 @@ def linear_cross_entropy(
     if fused and torch.is_grad_enabled() and h.dtype == torch.float32 and weight.dtype == torch.float32:
         return _ChunkedLinearCrossEntropy.apply(h, weight, targets, ignore_index, CHUNK_ROWS)
     return F.cross_entropy(h @ weight.T, targets, ignore_index=ignore_index)
+
+
+def sampled_softmax_loss(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    n_negatives: int,
+    sampling_probs: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Sampled softmax (``loss_type: SSM``): the CE of each target against ``n_negatives`` items drawn once
+    for the whole batch, with replacement (uniformly over the real items 1..n_items-1, or by
+    ``sampling_probs``, n_items values). The logQ correction scores each negative j minus log(K q_j), its
+    expected count among the K draws, so that the sum over the negatives estimates the sum over all items
+    (unbiased): the loss approaches the full softmax's as K grows. A negative that is a row's own target is
+    masked out of that row. Cost and memory grow with ``n_negatives``, not the catalog: the loss of
+    SASRec+SS and eSASRec for catalogs too large for the full softmax.
+    """
+    n_items = weight.size(0)
+    if sampling_probs is None:
+        negatives = torch.randint(1, n_items, (n_negatives,), device=h.device, generator=generator)
+        log_expected = torch.full((n_negatives,), math.log(n_negatives / max(1, n_items - 1)), device=h.device)
+    else:
+        negatives = torch.multinomial(sampling_probs, n_negatives, replacement=True, generator=generator)
+        log_expected = torch.log(n_negatives * sampling_probs[negatives])
+    keep = targets != ignore_index
+    safe_t = targets.masked_fill(~keep, 0)
+    positive = (h * weight[safe_t]).sum(-1)  # N
+    scores = h @ weight[negatives].T - log_expected  # N x K
+    scores = scores.masked_fill(negatives[None, :] == safe_t[:, None], float("-inf"))  # accidental hits
+    losses = torch.logsumexp(torch.cat([positive[:, None], scores], dim=1), dim=1) - positive
+    return (losses * keep).sum() / keep.sum().clamp(min=1)
