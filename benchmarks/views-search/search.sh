@@ -6,11 +6,11 @@ set -euo pipefail
 V=benchmarks/views-search
 out=$1 parallel=${2:-1}
 models="context=DiffCLRec:$V/context.yaml"
-models+=",context-viewrec=DiffCLRec:$V/context.yaml+$V/view-rec.yaml"
 models+=",viewrec-nocl=DiffCLRec:$V/view-rec.yaml+$V/no-cl.yaml"
-models+=",context-cl0.1=DiffCLRec:$V/context.yaml+$V/cl-paper-weight.yaml"
-models+=",context-every=DiffCLRec:$V/context.yaml+$V/cl-every.yaml"
-models+=",debiased=DiffCLRec:$V/debiased.yaml"
+models+=",context-viewrec=DiffCLRec:$V/context.yaml+$V/view-rec.yaml"
 models+=",DiffCLRec"
+models+=",context-cl0.1=DiffCLRec:$V/context.yaml+$V/cl-paper-weight.yaml"
+models+=",debiased=DiffCLRec:$V/debiased.yaml"
+models+=",context-every=DiffCLRec:$V/context.yaml+$V/cl-every.yaml"
 exec python -m recbole_diffcl.benchmark --dataset=amazon-beauty --seeds=2020 --models="${MODELS:-$models}" \
     --reference=DiffCLRec --parallel="$parallel" --show_progress=False --out="$out"
