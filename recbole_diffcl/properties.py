@@ -69,6 +69,7 @@ GENERAL_CHECKS: dict[str, Check] = {
     "max_train_seconds": (lambda v: v is None or (_is_number(v) and v > 0), "a number of seconds > 0, or ~ for none"),
     "user_rankings_file": (lambda v: v is None or isinstance(v, str), "a file path, or ~ for none"),
     "train_keep_ratio": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "fused_optimizer": one_of(True, False, "auto"),
 }
 
 

@@ -198,3 +198,55 @@ def test_models_train_with_sampled_softmax():
     torch.manual_seed(0)
     diff = make_model(DiffCLRec, loss_type="SSM", ssm_negatives=16, mask_ratio=0.5, **SMALL)
     assert all(torch.isfinite(p) for p in diff.calculate_loss(make_batch(batch=16, seed=3)))
+
+
+def test_denoiser_skips_rows_without_chosen_positions(monkeypatch):
+    """Denoising only the rows with a chosen position gives the same x0, x0 prediction and logits there
+    (noise switched off, so that both runs see the same inputs; dropout off)."""
+    from recbole_diffcl import diffusion
+
+    monkeypatch.setattr(diffusion, "_randn", lambda n, dim, like, generator: like.new_zeros(n, dim))
+    batch = make_batch(batch=12, seed=7, shortest=2, longest=6)
+    item_seq = batch["item_id_list"][:, :6]
+    real = item_seq != 0
+    chosen = torch.zeros_like(real)
+    chosen[0, 1] = chosen[3, 0] = chosen[3, 1] = chosen[7, 1] = True  # rows 0, 3 and 7 only
+    t = torch.arange(12) * 7
+    results = []
+    for sync_free in (True, False):  # True: the whole batch; False: only the rows with a chosen position
+        torch.manual_seed(0)
+        model = make_model(DiffCLRec, sync_free_steps=sync_free, **SMALL).eval()
+        rows = []
+        denoiser_forward = model.denoiser.forward
+        model.denoiser.forward = lambda x_t, t_, r: rows.append(x_t.size(0)) or denoiser_forward(x_t, t_, r)
+        with torch.no_grad():
+            x0, x0_pred, logits = model.denoise(item_seq, batch["item_length"], real, chosen, t)
+        results.append((x0, x0_pred, logits, sum(rows)))
+    (x0_a, pred_a, logits_a, rows_a), (x0_b, pred_b, logits_b, rows_b) = results
+    assert rows_a == 12 and rows_b == 3
+    torch.testing.assert_close(x0_b[chosen], x0_a[chosen])
+    torch.testing.assert_close(pred_b, pred_a)
+    torch.testing.assert_close(logits_b, logits_a)
+
+
+def test_fused_optimizer_makes_the_same_update(tmp_path):
+    from recbole_diffcl.model.sasrecplus import SASRecPlus
+    from recbole_diffcl.quick_start import load_config
+    from recbole_diffcl.trainer import get_trainer
+    from tests.conftest import tiny_config
+
+    weights = []
+    for fused in (False, True):
+        _, config = load_config("SASRecPlus", "ml-100k", config_dict={**tiny_config(tmp_path), "fused_optimizer": fused})
+        torch.manual_seed(0)
+        model = make_model(SASRecPlus, **SMALL)
+        trainer = get_trainer(config["MODEL_TYPE"], "SASRecPlus", SASRecPlus)(config, model)
+        assert bool(trainer.optimizer.defaults.get("fused")) is fused
+        for seed in range(3):
+            trainer.optimizer.zero_grad()
+            model.eval()
+            model.calculate_loss(make_batch(batch=16, seed=seed)).backward()
+            trainer.optimizer.step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b)
