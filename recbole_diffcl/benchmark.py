@@ -247,6 +247,12 @@ def run_all(
     def finish(i: int, spec: RunSpec, code: int, started: float) -> None:
         executed_seconds.append(time.time() - started)
         result = load_finished(spec, dataset)
+        diverged = result is not None and result.get("stopped_by") == "diverged"
+        if diverged:  # a result too: its best checkpoint before the divergence was tested (the runner exits 1)
+            results[spec.name] = result
+            print(f"[{i}/{n}] {spec.model} seed {spec.seed}: DIVERGED, its best checkpoint tested "
+                  f"({result.get('divergence')})", flush=True)
+            return
         if code == 0 and result is not None:
             results[spec.name] = result
             key = "ndcg@10" if "ndcg@10" in result["test_result"] else next(iter(result["test_result"]))

@@ -42,7 +42,8 @@ class PluginConfig(Config):
         from recbole.utils import ModelType
 
         d = self.final_config_dict
-        check_recbole_properties(d, sequential=d.get("MODEL_TYPE") == ModelType.SEQUENTIAL)
+        check_recbole_properties(d, sequential=d.get("MODEL_TYPE") == ModelType.SEQUENTIAL,
+                                 model_input_type=hasattr(self.model_class, "input_type"))
         super()._set_default_parameters()
 
     def _load_cmd_line(self):

@@ -107,13 +107,14 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "dict": lambda v: isinstance(v, dict),
     "list": lambda v: isinstance(v, list),
     "none": lambda v: v is None,
+    "tuple": lambda v: isinstance(v, tuple),
 }
 #: Types RecBole converts itself besides the declared one (a single suffix becomes a list).
 ALSO_ACCEPTED = {"additional_feat_suffix": ("str",)}
 _INTERVAL_PROPERTIES = ("user_inter_num_interval", "item_inter_num_interval", "entity_kg_num_interval",
                         "relation_kg_num_interval")
 for _name in _INTERVAL_PROPERTIES:  # --user_inter_num_interval=[0,25] reaches RecBole as the list [0, 25]
-    ALSO_ACCEPTED[_name] = ("list",)
+    ALSO_ACCEPTED[_name] = ("list", "tuple")  # and a stored "(4,100)" as a tuple when a checkpoint is reloaded
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string",
                "dict": "a mapping {key: value}", "list": "a list [a, b]", "none": "~ (none)"}
 
@@ -145,7 +146,7 @@ RECBOLE_VALUES: dict[str, Check] = {
     "epochs": positive_int(),
     "train_batch_size": positive_int(),
     "eval_batch_size": positive_int(),
-    "stopping_step": positive_int(),
+    "stopping_step": non_negative_int(),  # 0: stop after the first epoch without a gain
     "eval_step": non_negative_int(),
     "worker": non_negative_int(),
     "loss_decimal_place": non_negative_int(),
@@ -160,7 +161,8 @@ RECBOLE_VALUES: dict[str, Check] = {
     "rm_dup_inter": (lambda v: v is None or v in ("first", "last"), "~, 'first' or 'last'"),
     "field_separator": (lambda v: isinstance(v, str) and v != "", "a non-empty string, e.g. \"\\t\""),
     "seq_separator": (lambda v: isinstance(v, str) and v != "", "a non-empty string, e.g. \" \""),
-    "gpu_id": (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "a GPU id or ids, e.g. '0' or '0,1'"),
+    # --gpu_id=0,1 reaches RecBole as the tuple (0, 1), which it joins back into "0,1"
+    "gpu_id": (lambda v: isinstance(v, (str, int, tuple)) and not isinstance(v, bool), "a GPU id or ids, e.g. '0' or '0,1'"),
 }
 _INTERVAL = re.compile(r"^\s*[\[(]\s*(-?[\d.]+(?:e-?\d+)?|-?inf)\s*,\s*(-?[\d.]+(?:e-?\d+)?|-?inf)\s*[\])]\s*$")
 
@@ -168,7 +170,10 @@ _INTERVAL = re.compile(r"^\s*[\[(]\s*(-?[\d.]+(?:e-?\d+)?|-?inf)\s*,\s*(-?[\d.]+
 def interval_parts(value: Any) -> Optional[list[re.Match]]:
     """The intervals of a filter such as ``"[5,inf)"`` or ``"(0,1];[3,4)"`` (RecBole's syntax; a list [a, b]
     is the closed interval, as RecBole reads it), or None when one of them is malformed or empty."""
-    text = f"[{value[0]},{value[1]}]" if isinstance(value, list) and len(value) == 2 else value
+    if isinstance(value, (list, tuple)) and len(value) == 2:  # RecBole reads str(value): [a, b] or (a, b)
+        text = f"[{value[0]},{value[1]}]" if isinstance(value, list) else f"({value[0]},{value[1]})"
+    else:
+        text = value
     if not isinstance(text, str):
         return None
     parts = [_INTERVAL.match(part) for part in text.split(";")]
@@ -192,10 +197,11 @@ def _invalid(name: str, value: Any, expected: str, why: str = "") -> UserError:
     )
 
 
-def check_recbole_properties(values: dict[str, Any], sequential: bool = True) -> None:
+def check_recbole_properties(values: dict[str, Any], sequential: bool = True, model_input_type: bool = False) -> None:
     """RecBole's own properties of a run (``values``: the merged properties before RecBole's ``Config``
     derives anything), checked for type (as RecBole's files declare it), range and consistency with the
-    other properties (the metrics the run computes, the split it makes, the users it keeps). Raises a
+    other properties (the metrics the run computes, the split it makes, the users it keeps). ``model_input_type``:
+    the model declares its own input type (RecBole then ignores ``loss_type`` for its negatives). Raises a
     ``UserError`` naming the first mistake and its fix."""
     for name, (kinds, nullable) in recbole_property_types().items():
         if name not in values:
@@ -212,7 +218,7 @@ def check_recbole_properties(values: dict[str, Any], sequential: bool = True) ->
                 raise _invalid(name, values[name], expected)
     _check_metrics(values)
     _check_eval_args(values, sequential)
-    _check_negative_sampling(values, sequential)
+    _check_negative_sampling(values, sequential and not model_input_type)
     _check_clip_grad_norm(values.get("clip_grad_norm"))
     _check_kept_users(values)
     if sequential and values.get("repeatable") is False:
@@ -274,20 +280,22 @@ def _check_eval_args(values: dict[str, Any], sequential: bool) -> None:
             raise _invalid("eval_args", eval_args, "a split with both a validation and a test part, "
                            "{LS: valid_and_test}", f": {split['LS']} leaves one of them empty, and every run selects "
                            "its epoch on validation and reports test")
-    elif key == "RS":
+    elif key in ("RS", "TS"):  # TS: by time, RecBole's time_based_split
+        ratios = split[key]
         if not (isinstance(ratios, list) and len(ratios) == 3 and all(_is_number(r) and r >= 0 for r in ratios)
                 and all(r > 0 for r in ratios)):
-            raise _invalid("eval_args", eval_args, "a split {RS: [train, valid, test]} of three ratios > 0, e.g. "
-                           "[0.8, 0.1, 0.1]", " (every run needs a validation and a test part)")
+            raise _invalid("eval_args", eval_args, f"a split {{{key}: [train, valid, test]}} of three ratios > 0, "
+                           "e.g. [0.8, 0.1, 0.1]", " (every run needs a validation and a test part)")
     else:
-        raise _invalid("eval_args", eval_args, "a split {LS: valid_and_test} (leave-one-out) or {RS: [0.8, 0.1, 0.1]}")
+        raise _invalid("eval_args", eval_args, "a split {LS: valid_and_test} (leave-one-out), {RS: [0.8, 0.1, 0.1]} "
+                       "(random ratios) or {TS: [0.8, 0.1, 0.1]} (ratios by time)")
     order = eval_args.get("order", "RO")
     if order not in ("RO", "TO"):
         raise _invalid("eval_args", eval_args, "an order of RO (random) or TO (by time)")
     if sequential and order != "TO":
         raise _invalid("eval_args", eval_args, "order TO for a sequential model",
                        " (its training rows are each user's items in time order)")
-    if eval_args.get("group_by", "user") not in ("user", "none", None):
+    if str(eval_args.get("group_by", "user")).lower() not in ("user", "none"):
         raise _invalid("eval_args", eval_args, "a group_by of user or none")
     mode = eval_args.get("mode", "full")
     modes = list(mode.values()) if isinstance(mode, dict) else [mode]

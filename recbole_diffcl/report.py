@@ -217,6 +217,7 @@ def build_rows(specs: list[RunSpec], results: dict[str, dict], groups: list[Leng
         row.update(
             {
                 "epochs": result.get("epochs_run"),
+                "stopped_by": result.get("stopped_by"),
                 "seconds_per_epoch": mean_epoch_seconds(result),
                 "test_eval_seconds": result.get("test_eval_seconds"),
                 "wall_seconds": result.get("wall_seconds"),
@@ -369,6 +370,7 @@ def write_summary(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Write summary.md; return the paired tests (also in the file)."""
     flags = {r["exclude_history"] for r in table.rows}
+    diverged = [f"{r['model']}-{r['seed']}" for r in table.rows if r.get("stopped_by") == "diverged"]
     if flags == {True}:
         protocol = ("**excluded**: every item of the user's history is dropped from the ranking (never the target), "
                     "as S3-Rec-family code and RecTools do (`exclude_history: True`)")
@@ -383,7 +385,9 @@ def write_summary(
         "",
         f"- Date: {datetime.now().strftime('%Y-%m-%d %H:%M')}; command: `{command}`",
         f"- Models: {', '.join(models)}; seeds: {', '.join(map(str, seeds))}; finished runs: {len(table.rows)} of "
-        f"{len(models) * len(seeds)}" + (f"; **failed**: {', '.join(s.name for s in failed)}" if failed else ""),
+        f"{len(models) * len(seeds)}" + (f"; **failed**: {', '.join(s.name for s in failed)}" if failed else "")
+        + (f"; **diverged** (tested at their best checkpoint before the divergence): {', '.join(diverged)}"
+           if diverged else ""),
         *[f"- `{label_}` = {model} with {', '.join(f'`{os.path.relpath(f)}`' for f in files)}"
           for label_, (model, files) in (configurations or {}).items() if files or label_ != model],
         "- Protocol: leave-one-out by time, full ranking over all items, model selection on validation "

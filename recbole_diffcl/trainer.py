@@ -78,6 +78,10 @@ class SafeCheckpointMixin:
             self.stopped_by = "diverged"
             self.divergence = self._divergence_message(exc)
             self.logger.error(self.divergence)
+            if not self.config["single_spec"]:  # the other processes would wait for this one's gradients
+                from recbole_diffcl.errors import TrainingDiverged
+
+                raise TrainingDiverged(self.divergence) from None
             return self.best_valid_score, self.best_valid_result
         ran_all = len(getattr(self, "epoch_seconds", [])) + self.start_epoch >= self.epochs
         self.stopped_by = "epochs" if ran_all else "early_stopping"
@@ -113,9 +117,11 @@ class SafeCheckpointMixin:
         wanted = self.config["fused_optimizer"] if "fused_optimizer" in self.config.final_config_dict else "auto"
         if wanted == "auto":
             wanted = torch.device(self.config["device"] or "cpu").type == "cpu"
-        if wanted and type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+        cpu_fused = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)  # fused CPU Adam: torch 2.4
+        if wanted and cpu_fused and type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
             defaults = {k: v for k, v in optimizer.defaults.items() if k not in ("foreach", "fused")}
-            optimizer = type(optimizer)(optimizer.param_groups, **defaults, fused=True)
+            groups = [{**group, "fused": True, "foreach": None} for group in optimizer.param_groups]
+            optimizer = type(optimizer)(groups, **defaults, fused=True)
         return optimizer
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):

@@ -286,3 +286,27 @@ def test_split_failures_are_reworded_by_their_cause(monkeypatch, tmp_path, longe
     with pytest.raises(UserError, match=expected) as err:
         preflight.load_checked_data(config)
     assert ("timestamp" in str(err.value)) and ("at least 3" in str(err.value)) == (longest < 3)
+
+
+def test_valid_recbole_forms_are_accepted(tmp_path):
+    """Values RecBole accepts after its own conversions: not mistakes (the review of issue 22's checks)."""
+    from recbole_diffcl.properties import check_recbole_properties
+    from recbole_diffcl.quick_start import config_from_checkpoint, load_config, run
+    from tests.conftest import tiny_config
+
+    base = {"metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10", "repeatable": True,
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"}}
+    for extra in ({"gpu_id": (0, 1)}, {"user_inter_num_interval": (4, 100)}, {"user_inter_num_interval": [4, 100]},
+                  {"stopping_step": 0}, {"eval_args": {"split": {"TS": [0.8, 0.1, 0.1]}, "order": "TO"}},
+                  {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "None"}}):
+        check_recbole_properties({**base, **extra})
+    # a model with its own input type may sample negatives whatever loss_type says (TransRec)
+    load_config("TransRec", "ml-100k", config_dict={"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}})
+    # a checkpoint of a run with an open interval reloads (RecBole evaluates "(4,30)" into a tuple)
+    result = run("SASRecPlus", "ml-100k", config_dict={**tiny_config(tmp_path), "user_inter_num_interval": "(4,30)"})
+    import torch
+
+    stored = torch.load(result["checkpoint"], weights_only=True)
+    config_from_checkpoint(stored)
+    # loss_type SSM end to end
+    assert run("SASRecPlus", "ml-100k", config_dict={**tiny_config(tmp_path), "loss_type": "SSM"})["test_result"]

@@ -315,3 +315,27 @@ def test_killed_benchmark_resumes_its_run_with_the_same_result(tmp_path):
     assert pd.read_csv(out / "results.csv").drop(columns=["seconds_per_epoch", "wall_seconds", "peak_rss_mb",
         "test_eval_seconds"]).equals(pd.read_csv(tmp_path / "whole" / "results.csv").drop(
         columns=["seconds_per_epoch", "wall_seconds", "peak_rss_mb", "test_eval_seconds"]))
+
+
+def test_diverged_runs_are_results_with_a_note(tmp_path, monkeypatch, capsys):
+    fake = _fake_execute(fail=set())
+
+    def diverging(cmd, log_file, verbose, cwd=None, append=False):
+        fake(cmd, log_file, verbose, cwd)
+        args = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--"))
+        if args["model"] == "DiffCLRec" and args["seed"] == "2":
+            result = json.loads(Path(args["result_file"]).read_text())
+            result.update(stopped_by="diverged", divergence="Training diverged in epoch 3")
+            Path(args["result_file"]).write_text(json.dumps(result))
+            return 1  # the runner's exit code for a diverged run
+        return 0
+
+    monkeypatch.setattr(benchmark, "execute", diverging)
+    args = ["--models=SASRec,DiffCLRec", "--seeds=1,2", f"--out={tmp_path}"]
+    assert benchmark.main(args) == 0
+    out = capsys.readouterr().out
+    assert "DiffCLRec seed 2: DIVERGED" in out and "FAILED" not in out
+    frame = pd.read_csv(tmp_path / "results.csv")
+    assert len(frame) == 4 and list(frame[frame["stopped_by"] == "diverged"]["seed"]) == [2]
+    assert "**diverged**" in (tmp_path / "summary.md").read_text()
+    assert benchmark.main(args) == 0 and "finished earlier, skipped" in capsys.readouterr().out

@@ -389,7 +389,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         real = targets != 0
         if self.loss_type == "BCE":
             # the row's items: its input sequence plus its target (the authors' negatives avoid them)
-            row_items = torch.cat([self.trim(item_seq, item_seq_len)[:, :1], targets], dim=1)
+            row_items = torch.cat([self.trim(item_seq, item_seq_len), interaction[self.POS_ITEM_ID][:, None]], dim=1)
             if not self.sync_free:
                 return self.bce_loss(outputs[real], targets[real], row_items[real.nonzero(as_tuple=True)[0]])
             negatives = sample_negatives(targets, self.n_items, row_items)

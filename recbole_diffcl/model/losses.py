@@ -75,7 +75,8 @@ def linear_cross_entropy(
     """Mean cross-entropy of the item scores ``h @ weight.T`` (N x d against n_items x d) for ``targets`` (N),
     rows whose target is ``ignore_index`` left out; ``fused``: chunk by chunk (module docstring), else
     torch's ``F.cross_entropy`` on the full score matrix."""
-    if fused and torch.is_grad_enabled() and h.dtype == torch.float32 and weight.dtype == torch.float32:
+    if (fused and torch.is_grad_enabled() and h.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled(h.device.type)):  # mixed precision (enable_amp) keeps torch's path
         return _ChunkedLinearCrossEntropy.apply(h, weight, targets, ignore_index, CHUNK_ROWS)
     return F.cross_entropy(h @ weight.T, targets, ignore_index=ignore_index)
 
