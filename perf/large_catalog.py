@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -107,12 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"loss": loss, "failed": "out of memory" if oom else proc.stderr.strip().splitlines()[-1][:120]})
         print(rows[-1], flush=True)
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    sys.path.insert(0, str(ROOT))
+    from recbole_diffcl.utils import cpu_model
+
+    cpu = cpu_model()
     lines = [
         f"{datetime.now().strftime('%Y-%m-%d %H:%M')}, {cpu}, {os.cpu_count()} cores; SASRecPlus, {args.items:,} items, "
         f"batch {args.batch}, {args.steps} timed steps after one warm-up, {args.memory_limit_gb:g} GB address-space cap "

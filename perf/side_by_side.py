@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -87,13 +86,10 @@ def git_commit(checkout: Path) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    sys.path.insert(0, str(ROOT))
+    from recbole_diffcl.utils import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,16 +32,12 @@ sys.path.insert(0, str(ROOT))  # the checkout's package, also when another copy 
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from recbole_diffcl.utils import cpu_model
+
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{cpu_model()}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def run_model(model: str, dataset: str, epochs: int, overrides: list[str], workdir: Path, tag: str = "") -> dict:

@@ -97,24 +97,29 @@ def finite_float(text: str) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``AMD EPYC``, ``Intel(R) Xeon(R) ...``) as /proc/cpuinfo gives it."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    return name
+
+
 def machine_description(device: Any) -> str:
     """What trained a run, for its result file: ``cuda: NVIDIA H200`` or ``cpu: AMD EPYC (2 threads)``.
 
     Sessions of this project have run on AMD EPYC and Intel Xeon machines alike: a speed or quality figure
     is only comparable with others from the same kind of machine.
     """
-    import platform
-
     import torch
 
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    return f"{device.type}: {name} ({torch.get_num_threads()} threads)"
+    return f"{device.type}: {cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def code_version() -> Optional[str]:
