@@ -15,7 +15,9 @@ from tests.conftest import make_batch, make_model, tiny_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N_ITEMS = 60
-SMALL = dict(hidden_size=64, inner_size=32, denoiser_inner_size=32, diffusion_steps=100, length_sorted_passes=1)
+# sync_free_steps: the denoiser sees the whole batch (the oracles below answer for the batch's rows by position)
+SMALL = dict(hidden_size=64, inner_size=32, denoiser_inner_size=32, diffusion_steps=100, length_sorted_passes=1,
+             sync_free_steps=True)
 
 
 class OracleDenoiser(nn.Module):
