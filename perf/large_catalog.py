@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import resource
 import subprocess
@@ -28,6 +29,17 @@ LOSSES = {
     "ce_fused": {"loss_type": "CE", "fused_cross_entropy": True},
     "ssm": {"loss_type": "SSM", "ssm_negatives": 256},
 }
+
+
+def failure(stderr: str, limit_gb: float) -> str:
+    """A loss process's failure in a few words: out of memory (with the allocation it tried), or its last line."""
+    text = stderr.lower()
+    if any(sign in text for sign in ("out of memory", "memoryerror", "bad_alloc", "can't allocate memory")):
+        tried = re.search(r"allocate (\d+) bytes", stderr)
+        size = f": tried to allocate {int(tried.group(1)) / 2**30:.1f} GiB" if tried else ""
+        return f"out of memory under the {limit_gb:g} GB cap{size}"
+    lines = stderr.strip().splitlines()
+    return lines[-1][:120] if lines else "failed without a message"
 
 
 def one(loss: str, items: int, batch: int, steps: int) -> dict:
@@ -102,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode == 0:
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         else:
-            oom = "out of memory" in proc.stderr.lower() or "memoryerror" in proc.stderr.lower() or "bad_alloc" in proc.stderr
-            rows.append({"loss": loss, "failed": "out of memory" if oom else proc.stderr.strip().splitlines()[-1][:120]})
+            rows.append({"loss": loss, "failed": failure(proc.stderr, args.memory_limit_gb)})
         print(rows[-1], flush=True)
 
     sys.path.insert(0, str(ROOT))
