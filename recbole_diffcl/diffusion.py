@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from recbole.model.layers import TransformerEncoder
 
-from recbole_diffcl.layers import DisentangledTransformerEncoder
+from recbole_diffcl.layers import DisentangledTransformerEncoder, attend_from_positions
 
 NOISE_SCHEDULES = ("sqrt", "linear", "cosine")
 POSITION_MODES = ("relative", "disentangled", "absolute", "none")
@@ -230,8 +230,15 @@ class Denoiser(nn.Module):
             mask = mask + bias[None]
         return mask
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """x_t: B x L x d noisy embeddings, t: B timesteps, real: B x L bool (non-padding)."""
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, real: torch.Tensor, at: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """x_t: B x L x d noisy embeddings, t: B timesteps, real: B x L bool (non-padding).
+
+        Returns the x0 prediction at every position (B x L x d), or with ``at`` (B x L bool) only at those
+        positions (N x d, row-major order, as ``[at]`` would give): the last layer then computes only
+        those queries (the same values; the chosen positions are ~10% of a training batch).
+        """
         h = x_t + self.time_mlp(timestep_embedding(t, self.hidden_size))[:, None, :]
         if self.position == "absolute":
             h = h + self.position_embedding.weight[: x_t.size(1)][None]
@@ -239,9 +246,16 @@ class Denoiser(nn.Module):
         if self.position == "disentangled":
             visible = None if self.context == "both" else visible_pairs(real.size(1), self.context, real.device)
             h = self.encoder(h, real, visible)
-        else:
-            h = self.encoder(h, self.attention_mask(real), output_all_encoded_layers=False)[-1]
-        return self.output(h)
+            return self.output(h if at is None else h[at])
+        mask = self.attention_mask(real)
+        if at is None:
+            return self.output(self.encoder(h, mask, output_all_encoded_layers=False)[-1])
+        *lower, last = self.encoder.layer
+        for layer in lower:
+            h = layer(h, mask)
+        rows, positions = at.nonzero(as_tuple=True)
+        h = attend_from_positions(last.multi_head_attention, h, mask, rows, positions)
+        return self.output(last.feed_forward(h))
 
 
 def topk_candidates(

@@ -120,13 +120,28 @@ def attend_from_one_position(attention, h: torch.Tensor, attention_mask: torch.T
     last layer then needs one query per row instead of L, which the sequence representation of every view,
     prefix row and evaluated user uses.
     """
-    rows = torch.arange(h.size(0), device=h.device)
+    return attend_from_positions(attention, h, attention_mask, None, query_index)
+
+
+def attend_from_positions(
+    attention, h: torch.Tensor, attention_mask: torch.Tensor, rows: Optional[torch.Tensor], positions: torch.Tensor
+) -> torch.Tensor:
+    """``attention(h, attention_mask)`` (RecBole's ``MultiHeadAttention``) at the N query positions
+    (``rows[i]``, ``positions[i]``) only: N x d. Keys and values are projected once per row; a row may have
+    several queries (the denoiser's chosen positions). ``rows`` None: one query per row, in row order.
+    ``attention_mask`` is additive, B x (1 or H) x (1 or L) x L."""
+    per_row = rows is None
+    if per_row:
+        rows = torch.arange(h.size(0), device=h.device)
     heads = lambda t: t.view(*t.shape[:-1], attention.num_attention_heads, attention.attention_head_size)  # noqa: E731
-    x = h[rows, query_index]  # B x d
-    query = heads(attention.query(x)).unsqueeze(2)  # B x H x 1 x dh
+    x = h[rows, positions]  # N x d
+    query = heads(attention.query(x)).unsqueeze(2)  # N x H x 1 x dh
     key = heads(attention.key(h)).permute(0, 2, 3, 1)  # B x H x dh x L
     value = heads(attention.value(h)).permute(0, 2, 1, 3)  # B x H x L x dh
-    scores = query @ key / attention.sqrt_attention_head_size + attention_mask[rows, :, query_index].unsqueeze(2)
+    mask = attention_mask.expand(-1, -1, h.size(1), -1)[rows, :, positions].unsqueeze(2)  # N x (1 or H) x 1 x L
+    if not per_row:  # each query with its row's keys and values
+        key, value = key[rows], value[rows]
+    scores = query @ key / attention.sqrt_attention_head_size + mask
     probs = attention.attn_dropout(attention.softmax(scores))
-    context = (probs @ value).reshape(h.size(0), -1)  # B x d
+    context = (probs @ value).reshape(x.size(0), -1)  # N x d
     return attention.LayerNorm(attention.out_dropout(attention.dense(context)) + x)

@@ -218,7 +218,7 @@ def test_denoiser_skips_rows_without_chosen_positions(monkeypatch):
         model = make_model(DiffCLRec, sync_free_steps=sync_free, **SMALL).eval()
         rows = []
         denoiser_forward = model.denoiser.forward
-        model.denoiser.forward = lambda x_t, t_, r: rows.append(x_t.size(0)) or denoiser_forward(x_t, t_, r)
+        model.denoiser.forward = lambda x_t, t_, r, **kw: rows.append(x_t.size(0)) or denoiser_forward(x_t, t_, r, **kw)
         with torch.no_grad():
             x0, x0_pred, logits = model.denoise(item_seq, batch["item_length"], real, chosen, t)
         results.append((x0, x0_pred, logits, sum(rows)))
@@ -227,6 +227,43 @@ def test_denoiser_skips_rows_without_chosen_positions(monkeypatch):
     torch.testing.assert_close(x0_b[chosen], x0_a[chosen])
     torch.testing.assert_close(pred_b, pred_a)
     torch.testing.assert_close(logits_b, logits_a)
+
+
+@pytest.mark.parametrize("position,context", [
+    ("relative", "both"), ("absolute", "left"), ("none", "none"), ("disentangled", "both"), ("relative", "left"),
+])
+def test_denoiser_at_chosen_positions_equals_the_full_output(position, context):
+    """The denoiser's last layer run only at the chosen positions gives the full pass's outputs there."""
+    from recbole_diffcl import diffusion
+
+    torch.manual_seed(0)
+    denoiser = diffusion.Denoiser(16, 8, n_layers=2, n_heads=2, inner_size=32, position=position,
+                                  context=context).eval()
+    lengths = torch.tensor([8, 3, 5, 1, 6])
+    real = torch.arange(8)[None, :] < lengths[:, None]
+    x_t, t = torch.randn(5, 8, 16), torch.tensor([0, 10, 200, 999, 5])
+    chosen = real & (torch.rand(5, 8) < 0.4)
+    chosen[0, 0] = chosen[0, 7] = chosen[3, 0] = True  # several in one row; a row of length 1
+    chosen[4] = False  # and a row with none
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser(x_t, t, real, at=chosen), denoiser(x_t, t, real)[chosen])
+
+
+def test_diffclrec_denoises_chosen_positions_in_length_sorted_passes():
+    """DiffCLRec's x0 prediction at the chosen positions, by sub-batches of similar length with the last
+    layer at those positions only, equals the full pass indexed by the chosen mask (row-major order)."""
+    batch = make_batch(batch=40, seed=11, shortest=1, longest=12)
+    item_seq, lengths = batch["item_id_list"][:, :12], batch["item_length"]
+    real = item_seq != 0
+    torch.manual_seed(1)
+    chosen = real & (torch.rand(real.shape) < 0.3)
+    torch.manual_seed(0)
+    model = make_model(DiffCLRec, length_sorted_passes=4, **SMALL).eval()
+    assert model.length_sorted_plan(lengths) is not None  # the sub-batch path is the one tested
+    x_t, t = torch.randn(*item_seq.shape, model.hidden_size), torch.randint(0, 1000, (40,))
+    with torch.no_grad():
+        full = model.map_length_sorted(model.denoiser, lengths, x_t, t, real)[chosen]
+        torch.testing.assert_close(model.denoise_chosen(x_t, t, real, chosen, lengths), full)
 
 
 def test_fused_optimizer_makes_the_same_update(tmp_path):

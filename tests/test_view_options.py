@@ -101,7 +101,7 @@ def test_narrow_timestep_range_makes_views_from_a_pass_of_their_own():
     assert model.aug_timesteps == (0, 5) and not model.views_use_training_pass
     seen = []
     denoiser_forward = model.denoiser.forward
-    model.denoiser.forward = lambda x_t, t, real: seen.append(t.clone()) or denoiser_forward(x_t, t, real)
+    model.denoiser.forward = lambda x_t, t, real, **kw: seen.append(t.clone()) or denoiser_forward(x_t, t, real, **kw)
     views_of(model, make_batch(seed=2))
     assert len(seen) == 2  # the training pass (t over all steps), then the views' pass
     assert seen[1].max() < 5 and seen[0].max() >= 5

@@ -27,8 +27,9 @@ class OracleDenoiser(nn.Module):
         super().__init__()
         self.model, self.item_seq = [model], item_seq  # a list: not registered as a submodule
 
-    def forward(self, x_t, t, real):
-        return self.model[0].item_embedding(self.item_seq[:, : x_t.size(1)])
+    def forward(self, x_t, t, real, at=None):
+        prediction = self.model[0].item_embedding(self.item_seq[:, : x_t.size(1)])
+        return prediction if at is None else prediction[at]
 
 
 class ConstantDenoiser(nn.Module):
@@ -36,8 +37,9 @@ class ConstantDenoiser(nn.Module):
         super().__init__()
         self.prediction = prediction
 
-    def forward(self, x_t, t, real):
-        return torch.zeros_like(x_t) + self.prediction
+    def forward(self, x_t, t, real, at=None):
+        prediction = torch.zeros_like(x_t) + self.prediction
+        return prediction if at is None else prediction[at]
 
 
 def oracle_model(**props) -> tuple[DiffCLRec, dict]:

@@ -232,10 +232,26 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         if t is None:
             t = self.schedule.sample_timesteps(item_seq.size(0))
         x_t = diffusion.q_sample(x0, t, chosen, self.schedule)
-        x0_pred = self.map_length_sorted(self.denoiser, item_seq_len, x_t, t, real)[chosen]  # N_chosen x d
+        x0_pred = self.denoise_chosen(x_t, t, real, chosen, item_seq_len)  # N_chosen x d
         if rows is not None:  # back to the whole batch (chosen positions keep their row-major order)
             x0 = x0.new_zeros(full_shape).index_copy(0, rows, x0)
         return x0, x0_pred, x0_pred @ table[: self.n_items].T
+
+    def denoise_chosen(
+        self, x_t: torch.Tensor, t: torch.Tensor, real: torch.Tensor, chosen: torch.Tensor, item_seq_len: torch.Tensor
+    ) -> torch.Tensor:
+        """The denoiser's x0 prediction at the chosen positions (N x d, row-major order), its last layer run
+        only there, in length-sorted sub-batches as the encoder's passes."""
+        plan = self.length_sorted_plan(item_seq_len)
+        if plan is None:
+            return self.denoiser(x_t, t, real, at=chosen)
+        chunks, widths, _ = plan
+        parts, keys = [], []
+        for rows, width in zip(chunks, widths):
+            at = chosen[rows, :width]  # chosen positions are real, so within the sub-batch's width
+            parts.append(self.denoiser(x_t[rows, :width], t[rows], real[rows, :width], at=at))
+            keys.append((rows[:, None] * chosen.size(1) + torch.arange(width, device=rows.device))[at])
+        return torch.cat(parts)[torch.argsort(torch.cat(keys))]  # back to the batch's row-major order
 
     def diffusion_losses(
         self, x0: torch.Tensor, x0_pred: torch.Tensor, logits: torch.Tensor, original: torch.Tensor, chosen: torch.Tensor
