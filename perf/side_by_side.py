@@ -78,9 +78,13 @@ class Worker:
 
 
 def git_commit(checkout: Path) -> str:
+    """The checkout's commit, with "+ uncommitted changes" when its tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "recbole_diffcl", "props")
+        return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "?"
 
