@@ -214,6 +214,9 @@ def build_rows(specs: list[RunSpec], results: dict[str, dict], groups: list[Leng
             row[f"{g}_users"] = values["users"]
             row.update({f"{g}_{k}": v for k, v in values.items() if k != "users"})
         row.update({f"valid_{k}": v for k, v in (result.get("best_valid_result") or {}).items()})
+        # contrastive models: what their views were like in the last training epoch (docs/views.md)
+        last_views = (result.get("view_statistics") or [{}])[-1]
+        row.update({f"view_{k}": v for k, v in last_views.items() if k != "epoch"})
         row.update(
             {
                 "epochs": result.get("epochs_run"),
@@ -341,6 +344,32 @@ def _cost_table(table: Table, models: list[str]) -> list[str]:
     return lines
 
 
+def _validation_section(table: Table, models: list[str], label: dict[str, str]) -> list[str]:
+    """The validation metrics at each run's selected epoch (what model selection saw), where recorded."""
+    columns = [(f"valid_{m}", label[m]) for m in table.metrics if any(f"valid_{m}" in r for r in table.rows)]
+    if not columns:
+        return []
+    return ["## Validation metrics (the selected epoch)", "", *_metric_table(table, models, columns), ""]
+
+
+def _views_section(table: Table, models: list[str]) -> list[str]:
+    """Contrastive models' view statistics of their last training epoch (docs/views.md explains each)."""
+    names = list(dict.fromkeys(k for r in table.rows for k in r if k.startswith("view_")))
+    if not names:
+        return []
+    return [
+        "## Views (last training epoch)",
+        "",
+        "Each run's view statistics in its last training epoch, means over its batches (docs/views.md): "
+        "`pop_pct_*` popularity percentile of the replacements and of the items they replace, `views_differ` "
+        "share of positions where the two views differ, `recon_*` how often the denoiser ranks the replaced "
+        "item first / in its top k, `cl_acc` InfoNCE accuracy.",
+        "",
+        *_metric_table(table, models, [(n, n[len("view_"):]) for n in names], bold_best=False),
+        "",
+    ]
+
+
 def paired_tests(table: Table, models: list[str], reference: str) -> dict[str, dict[str, dict[str, Any]]]:
     """``{baseline: {metric: paired_test(...)}}`` for the reference model against every other model."""
     tests: dict[str, dict[str, dict[str, Any]]] = {}
@@ -399,10 +428,12 @@ def write_summary(
         "",
         *_metric_table(table, models, [(m, label[m]) for m in table.metrics]),
         "",
+        *_validation_section(table, models, label),
         "## Cost",
         "",
         *_cost_table(table, models),
         "",
+        *_views_section(table, models),
     ]
     tests = paired_tests(table, models, reference)
     if tests:

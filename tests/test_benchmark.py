@@ -118,6 +118,8 @@ def _fake_execute(fail: set):
             "model": args["model"], "dataset": args["dataset"], "seed": int(args["seed"]),
             "properties": {"exclude_history": True, "valid_metric": "NDCG@10"}, "best_valid_result": test,
             "test_result": test, "epochs_run": 2, "seconds_per_epoch": [1.0, 1.2], "peak_rss_mb": 300.0,
+            "view_statistics": [{"epoch": 0, "cl_acc": 0.1}, {"epoch": 1, "cl_acc": 0.3 if "config_files" in args else 0.2}]
+            if args["model"].startswith("DiffCLRec") else [],
         }))
         return 0
 
@@ -222,6 +224,11 @@ def test_labelled_configurations_sit_side_by_side(tmp_path, monkeypatch, capsys)
     summary = (out / "summary.md").read_text()
     assert "`DiffCLRec-paper` = DiffCLRec with" in summary and "paper.yaml" in summary
     assert re.search(r"DiffCLRec-paper.*\|", summary.split("Paired")[-1]), "the paired tests compare the labels"
+    # model selection's metrics and the views of the last epoch (not the first) sit beside the test table
+    assert "## Validation metrics (the selected epoch)" in summary
+    views = summary.split("## Views (last training epoch)")[1]
+    assert "| DiffCLRec | 2 | 0.2000 ± 0.0000 |" in views and "| DiffCLRec-paper | 2 | 0.3000 ± 0.0000 |" in views
+    assert set(frame["view_cl_acc"]) == {0.2, 0.3}
     capsys.readouterr()
 
     # the same label with other files in the same folder would mix two experiments: refused
