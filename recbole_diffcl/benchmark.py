@@ -48,9 +48,11 @@ from recbole_diffcl.runs import (
     RunSpec,
     duration,
     execute,
+    interruptible,
     load_finished,
     resumable_checkpoint,
     run_command,
+    stop_live_runs,
     tail,
     user_error_message,
 )
@@ -297,6 +299,10 @@ def run_all(
                 for future in done:
                     i, spec, started = running.pop(future)
                     finish(i, spec, future.result(), started)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the running ones too (they resume on a rerun)
+            queue.clear()
+            stop_live_runs()
+            raise
         except BaseException:
             queue.clear()  # let the running ones end (their logs stay), start nothing more
             raise
@@ -329,7 +335,8 @@ def benchmark(argv: Sequence[str]) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     specs = [RunSpec(e.label, seed, runs_dir, e.model, e.config_files) for seed in seeds for e in entries]
     try:
-        results, failed = run_all(specs, args.dataset, config_files, overrides, args.verbose, max(1, args.parallel))
+        with interruptible():
+            results, failed = run_all(specs, args.dataset, config_files, overrides, args.verbose, max(1, args.parallel))
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to continue (an interrupted run "
               "resumes from its last epoch checkpoint)", file=sys.stderr)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -121,8 +124,45 @@ def python_path() -> str:
 
 
 def child_env() -> dict[str, str]:
-    """The environment of a run: this one, with the plugin importable from any working directory."""
-    return {**os.environ, "PYTHONPATH": python_path()}
+    """The environment of a run: this one, with the plugin importable from any working directory, and its
+    output unbuffered, so that the run's log follows the training as it goes."""
+    return {**os.environ, "PYTHONPATH": python_path(), "PYTHONUNBUFFERED": "1"}
+
+
+_live_runs: set[subprocess.Popen] = set()  # runs started by execute() that have not ended
+
+
+def stop_live_runs(timeout: float = 30.0) -> None:
+    """Terminate every run still going and wait for it (killed after ``timeout`` seconds): an interrupted
+    benchmark or search stops its runs, which resume from their last epoch when the command is run again."""
+    for proc in list(_live_runs):
+        proc.terminate()
+    for proc in list(_live_runs):
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def interruptible():
+    """SIGTERM (``kill``, a session or job that ends) stops the command as Ctrl-C does: a KeyboardInterrupt
+    in the main thread, and the live runs terminated rather than left training with nobody reading them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt:
+        stop_live_runs()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = None, append: bool = False) -> int:
@@ -134,10 +174,12 @@ def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = 
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=cwd
         )
+        _live_runs.add(proc)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
+                log.flush()  # `tail -f` on the log follows the run
                 if verbose:
                     sys.stdout.write(line)
             return proc.wait()
@@ -148,6 +190,8 @@ def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = 
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+        finally:
+            _live_runs.discard(proc)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -42,7 +42,9 @@ import yaml
 
 from recbole_diffcl.cli import config_file_list, parse_property_overrides
 from recbole_diffcl.errors import UserError, exit_code_of
-from recbole_diffcl.runs import duration, execute, mean_epoch_seconds, python_path, read_result, runner_command, user_error_message
+from recbole_diffcl.runs import (
+    duration, execute, interruptible, mean_epoch_seconds, python_path, read_result, runner_command, user_error_message,
+)
 from recbole_diffcl.utils import atomic_write, is_number, require_extra
 
 ALGOS = {"grid": "exhaustive", "random": "random", "tpe": "bayes"}  # ours -> RecBole HyperTuning's names
@@ -495,11 +497,12 @@ def tune(argv: Sequence[str]) -> int:
         if args.algo == "grid":
             size = int(np.prod([len(p.values) for p in params]))
             state["total"] = size if args.engine == "ray" or not args.max_evals else min(size, args.max_evals)
-        if args.engine == "ray":
-            total = run_ray(study, args.algo, args.max_evals, args.search_seed, args.cpus_per_trial,
-                            args.gpus_per_trial, on_trial)
-        else:
-            total = run_hyperopt(study, args.algo, args.max_evals, args.early_stop, args.search_seed, on_trial)
+        with interruptible():  # SIGTERM stops the search and its trial as Ctrl-C does
+            if args.engine == "ray":
+                total = run_ray(study, args.algo, args.max_evals, args.search_seed, args.cpus_per_trial,
+                                args.gpus_per_trial, on_trial)
+            else:
+                total = run_hyperopt(study, args.algo, args.max_evals, args.early_stop, args.search_seed, on_trial)
     except KeyboardInterrupt:
         print(f"interrupted after {len(rows)} trials; trials.csv and best.yaml hold them", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -286,6 +287,53 @@ def save_then_kill_all(self, epoch):
         os.killpg(os.getpgid(0), signal.SIGKILL)
 ResumableMixin._save_last = save_then_kill_all
 """
+
+
+# Loaded by every Python process of the benchmark (sitecustomize on PYTHONPATH): after the last checkpoint of
+# epoch 1 the run notes its pid and what its log already holds, sends SIGTERM to the benchmark (its parent)
+# and then goes on as if it were still training.
+TERM_PARENT_AT_EPOCH_1 = """
+import sys
+import time
+from pathlib import Path
+from recbole_diffcl.resume import ResumableMixin
+save_last = ResumableMixin._save_last
+def save_then_term_parent(self, epoch):
+    import os, signal, time
+    save_last(self, epoch)
+    if epoch == 1:
+        result = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--result_file="))
+        log = Path(result).with_suffix(".log").read_text()
+        Path(os.environ["MARKER"]).write_text(f"{os.getpid()} {'epoch 0 training' in log}")
+        os.kill(os.getppid(), signal.SIGTERM)
+        time.sleep(120)
+ResumableMixin._save_last = save_then_term_parent
+"""
+
+
+def test_sigterm_stops_the_benchmark_and_its_run(tmp_path):
+    """``kill`` of the benchmark (or a session that ends) stops its run too instead of leaving it training
+    unobserved, exits like Ctrl-C (130), and keeps the run's last checkpoint; the run's log follows it live."""
+    args = ["--dataset=ml-100k", "--models=SASRecPlus", "--seeds=2020",
+            *[a for a in TINY if not a.startswith("--epochs")], "--epochs=4", "--stopping_step=100"]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(TERM_PARENT_AT_EPOCH_1)
+    marker = tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1", "MARKER": str(marker)}
+    out = tmp_path / "bench"
+    started = time.time()
+    stopped = subprocess.run([sys.executable, "-m", "recbole_diffcl.benchmark", *args, f"--out={out}"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 130, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert "interrupted" in stopped.stderr
+    pid, log_was_live = marker.read_text().split()
+    assert log_was_live == "True"  # the benchmark's log had the run's epoch 0 while the run was at epoch 1
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)  # the run was stopped and reaped, not left sleeping or training
+    assert time.time() - started < 100  # it did not wait for the run's 120 s "training"
+    assert not (out / "runs" / "SASRecPlus-2020.json").exists()
+    assert list((out / "checkpoints" / "SASRecPlus-2020").glob("*-last.pth"))  # a rerun resumes from here
 
 
 def test_killed_benchmark_resumes_its_run_with_the_same_result(tmp_path):
