@@ -143,5 +143,5 @@ def attend_from_positions(
         key, value = key[rows], value[rows]
     scores = query @ key / attention.sqrt_attention_head_size + mask
     probs = attention.attn_dropout(attention.softmax(scores))
-    context = (probs @ value).reshape(x.size(0), -1)  # N x d
+    context = (probs @ value).reshape(x.size(0), attention.all_head_size)  # N x d (N may be 0)
     return attention.LayerNorm(attention.out_dropout(attention.dense(context)) + x)

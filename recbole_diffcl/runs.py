@@ -130,14 +130,20 @@ def child_env() -> dict[str, str]:
 
 
 _live_runs: set[subprocess.Popen] = set()  # runs started by execute() that have not ended
+_live_lock = threading.Lock()
+_stopping = threading.Event()  # set while an interrupted command stops its runs: no new run may start
 
 
 def stop_live_runs(timeout: float = 30.0) -> None:
     """Terminate every run still going and wait for it (killed after ``timeout`` seconds): an interrupted
-    benchmark or search stops its runs, which resume from their last epoch when the command is run again."""
-    for proc in list(_live_runs):
+    benchmark or search stops its runs, which resume from their last epoch when the command is run again.
+    A run that another thread starts meanwhile is terminated as soon as it is registered."""
+    with _live_lock:
+        _stopping.set()
+        procs = list(_live_runs)
+    for proc in procs:
         proc.terminate()
-    for proc in list(_live_runs):
+    for proc in procs:
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -156,13 +162,17 @@ def interruptible():
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    _stopping.clear()
     try:
         yield
     except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stopping short
         stop_live_runs()
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _stopping.clear()
+        # None: the earlier handler was not installed from Python; the default is the closest we can restore
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = None, append: bool = False) -> int:
@@ -174,8 +184,11 @@ def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = 
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=cwd
         )
-        _live_runs.add(proc)
         try:
+            with _live_lock:
+                _live_runs.add(proc)
+                if _stopping.is_set():  # started while an interrupted command stops its runs
+                    proc.terminate()
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
@@ -191,7 +204,8 @@ def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = 
                 proc.kill()
             raise
         finally:
-            _live_runs.discard(proc)
+            with _live_lock:
+                _live_runs.discard(proc)
 
 
 def tail(path: Path, lines: int = 15) -> str:

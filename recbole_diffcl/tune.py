@@ -33,6 +33,7 @@ import shlex
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -497,7 +498,9 @@ def tune(argv: Sequence[str]) -> int:
         if args.algo == "grid":
             size = int(np.prod([len(p.values) for p in params]))
             state["total"] = size if args.engine == "ray" or not args.max_evals else min(size, args.max_evals)
-        with interruptible():  # SIGTERM stops the search and its trial as Ctrl-C does
+        # SIGTERM stops the search and its trial as Ctrl-C does (Ray installs its own SIGTERM handler and
+        # runs the trials in its workers: left to Ray)
+        with interruptible() if args.engine != "ray" else nullcontext():
             if args.engine == "ray":
                 total = run_ray(study, args.algo, args.max_evals, args.search_seed, args.cpus_per_trial,
                                 args.gpus_per_trial, on_trial)

@@ -336,6 +336,26 @@ def test_sigterm_stops_the_benchmark_and_its_run(tmp_path):
     assert list((out / "checkpoints" / "SASRecPlus-2020").glob("*-last.pth"))  # a rerun resumes from here
 
 
+def test_an_interrupted_command_stops_running_and_starting_runs(tmp_path):
+    """With runs in parallel threads: the live run is terminated, and one that a thread starts while the
+    command stops is terminated as soon as it is registered (nothing left for the pool to wait hours on)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recbole_diffcl import runs
+
+    cmd = [sys.executable, "-c", "import time; time.sleep(60)"]
+    started = time.time()
+    with runs.interruptible(), ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(runs.execute, cmd, tmp_path / "first.log", False)
+        while not runs._live_runs and time.time() - started < 30:
+            time.sleep(0.05)
+        runs.stop_live_runs()
+        late = pool.submit(runs.execute, cmd, tmp_path / "late.log", False)
+        codes = first.result(timeout=50), late.result(timeout=50)
+    assert all(code != 0 for code in codes) and time.time() - started < 50
+    assert not runs._live_runs and not runs._stopping.is_set()  # cleared when the command's block ends
+
+
 def test_killed_benchmark_resumes_its_run_with_the_same_result(tmp_path):
     epochs = ["--epochs=4", "--stopping_step=100"]  # four epochs whatever validation says
     args = ["--dataset=ml-100k", "--models=DiffCLRec", "--seeds=2020", "--length_groups=-21,22-",

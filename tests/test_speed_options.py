@@ -239,6 +239,8 @@ def test_denoiser_at_chosen_positions_equals_the_full_output(position, context):
     torch.manual_seed(0)
     denoiser = diffusion.Denoiser(16, 8, n_layers=2, n_heads=2, inner_size=32, position=position,
                                   context=context).eval()
+    if position == "relative":  # a non-zero bias per distance, so that its indexing is checked too
+        torch.nn.init.normal_(denoiser.relative_bias.weight)
     lengths = torch.tensor([8, 3, 5, 1, 6])
     real = torch.arange(8)[None, :] < lengths[:, None]
     x_t, t = torch.randn(5, 8, 16), torch.tensor([0, 10, 200, 999, 5])
@@ -247,6 +249,8 @@ def test_denoiser_at_chosen_positions_equals_the_full_output(position, context):
     chosen[4] = False  # and a row with none
     with torch.no_grad():
         torch.testing.assert_close(denoiser(x_t, t, real, at=chosen), denoiser(x_t, t, real)[chosen])
+        nothing = denoiser(x_t, t, real, at=torch.zeros_like(chosen))  # e.g. a sub-batch without a chosen position
+        assert nothing.shape == (0, 16)
 
 
 def test_diffclrec_denoises_chosen_positions_in_length_sorted_passes():
@@ -261,6 +265,7 @@ def test_diffclrec_denoises_chosen_positions_in_length_sorted_passes():
     model = make_model(DiffCLRec, length_sorted_passes=4, **SMALL).eval()
     assert model.length_sorted_plan(lengths) is not None  # the sub-batch path is the one tested
     x_t, t = torch.randn(*item_seq.shape, model.hidden_size), torch.randint(0, 1000, (40,))
+    chosen[lengths <= 4] = False  # the sub-batches of the shortest rows have no chosen position
     with torch.no_grad():
         full = model.map_length_sorted(model.denoiser, lengths, x_t, t, real)[chosen]
         torch.testing.assert_close(model.denoise_chosen(x_t, t, real, chosen, lengths), full)
