@@ -134,13 +134,8 @@ _live_lock = threading.Lock()
 _stopping = threading.Event()  # set while an interrupted command stops its runs: no new run may start
 
 
-def stop_live_runs(timeout: float = 30.0) -> None:
-    """Terminate every run still going and wait for it (killed after ``timeout`` seconds): an interrupted
-    benchmark or search stops its runs, which resume from their last epoch when the command is run again.
-    A run that another thread starts meanwhile is terminated as soon as it is registered."""
-    with _live_lock:
-        _stopping.set()
-        procs = list(_live_runs)
+def _end(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    """Terminate ``procs`` and wait for each, killing one that is still there after ``timeout`` seconds."""
     for proc in procs:
         proc.terminate()
     for proc in procs:
@@ -150,25 +145,32 @@ def stop_live_runs(timeout: float = 30.0) -> None:
             proc.kill()
 
 
+def stop_live_runs() -> None:
+    """End every run still going (an interrupted command's runs resume from their last epoch when it is run
+    again); a run that another thread starts meanwhile is terminated as soon as it is registered."""
+    with _live_lock:
+        _stopping.set()
+        procs = list(_live_runs)
+    _end(procs)
+
+
 @contextmanager
 def interruptible():
     """SIGTERM (``kill``, a session or job that ends) stops the command as Ctrl-C does: a KeyboardInterrupt
-    in the main thread, and the live runs terminated rather than left training with nobody reading them."""
+    in the main thread, on which the command ends its runs (``execute`` its own, a parallel pool
+    :func:`stop_live_runs`) rather than leaving them training with nobody reading them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stopping short
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     _stopping.clear()
     try:
         yield
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stopping short
-        stop_live_runs()
-        raise
     finally:
         _stopping.clear()
         # None: the earlier handler was not installed from Python; the default is the closest we can restore
@@ -197,11 +199,7 @@ def execute(cmd: list[str], log_file: Path, verbose: bool, cwd: Optional[str] = 
                     sys.stdout.write(line)
             return proc.wait()
         except KeyboardInterrupt:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _end([proc])
             raise
         finally:
             with _live_lock:
