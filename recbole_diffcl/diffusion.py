@@ -215,10 +215,15 @@ class Denoiser(nn.Module):
             self.encoder = TransformerEncoder(**layer_args)
         self.output = nn.Linear(hidden_size, hidden_size) if output_layer else nn.Identity()
 
-    def attention_mask(self, real: torch.Tensor) -> torch.Tensor:
+    def attention_mask(self, real: torch.Tensor, same_sequence: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Additive mask: -10000 on padded keys (as RecBole) and on keys outside the ``context``, plus the
-        relative-position bias."""
-        mask = torch.where(real[:, None, None, :], 0.0, -10000.0)  # B x 1 x 1 x L
+        relative-position bias. ``same_sequence`` (B x L x L bool), for rows that pack several sequences:
+        the keys of the query's own sequence (context and distances then hold within each sequence, whose
+        items keep their order in adjacent slots)."""
+        if same_sequence is None:
+            mask = torch.where(real[:, None, None, :], 0.0, -10000.0)  # B x 1 x 1 x L
+        else:
+            mask = torch.where((same_sequence & real[:, None, :])[:, None], 0.0, -10000.0)  # B x 1 x L x L
         if self.context != "both":
             hidden = ~visible_pairs(real.size(1), self.context, real.device)
             mask = mask + torch.where(hidden, -10000.0, 0.0)[None, None]  # B x 1 x L x L
@@ -231,23 +236,36 @@ class Denoiser(nn.Module):
         return mask
 
     def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, real: torch.Tensor, at: Optional[torch.Tensor] = None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        real: torch.Tensor,
+        at: Optional[torch.Tensor] = None,
+        positions: Optional[torch.Tensor] = None,
+        same_sequence: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """x_t: B x L x d noisy embeddings, t: B timesteps, real: B x L bool (non-padding).
+        """x_t: B x L x d noisy embeddings, t: B timesteps (or B x L, one per position), real: B x L bool
+        (non-padding).
 
         Returns the x0 prediction at every position (B x L x d), or with ``at`` (B x L bool) only at those
         positions (N x d, row-major order, as ``[at]`` would give): the last layer then computes only
         those queries (the same values; the chosen positions are ~10% of a training batch).
+        Rows that pack several sequences (model/packing.py) give each slot's ``positions`` within its
+        sequence and ``same_sequence`` (``attention_mask``); the ``disentangled`` attention takes no packed rows.
         """
-        h = x_t + self.time_mlp(timestep_embedding(t, self.hidden_size))[:, None, :]
+        time = self.time_mlp(timestep_embedding(t.reshape(-1), self.hidden_size))
+        h = x_t + (time[:, None, :] if t.dim() == 1 else time.view(*t.shape, -1))
         if self.position == "absolute":
-            h = h + self.position_embedding.weight[: x_t.size(1)][None]
+            h = h + (self.position_embedding.weight[: x_t.size(1)][None] if positions is None
+                     else self.position_embedding(positions))
         h = self.dropout(self.LayerNorm(h))
         if self.position == "disentangled":
+            if same_sequence is not None:
+                raise ValueError("the disentangled denoiser takes no packed rows (pack_sequences)")
             visible = None if self.context == "both" else visible_pairs(real.size(1), self.context, real.device)
             h = self.encoder(h, real, visible)
             return self.output(h if at is None else h[at])
-        mask = self.attention_mask(real)
+        mask = self.attention_mask(real, same_sequence)
         if at is None:
             return self.output(self.encoder(h, mask, output_all_encoded_layers=False)[-1])
         *lower, last = self.encoder.layer

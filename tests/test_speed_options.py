@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _with_passes(model_class, passes: int, **props):
     torch.manual_seed(0)  # same initial weights for every value of ``passes``
-    return make_model(model_class, length_sorted_passes=passes, **SMALL, **props)
+    return make_model(model_class, length_sorted_passes=passes, pack_sequences=False, **SMALL, **props)
 
 
 def _count_encoder_calls(model: ContrastiveSequentialRecommender) -> list[int]:
@@ -115,12 +115,12 @@ def test_trim_and_sync_free_resolve_per_device():
     assert make_model(SASRecPlus, **SMALL).sync_free is False  # the default: off until measured on a GPU
 
 
-@pytest.mark.parametrize("passes", [1, 3])
-def test_last_position_encoding_equals_the_full_encoder_at_the_last_position(passes):
+@pytest.mark.parametrize("passes,packed", [(1, False), (3, False), (1, True)])
+def test_last_position_encoding_equals_the_full_encoder_at_the_last_position(passes, packed):
     from recbole_diffcl.model import SASRecPlus
 
     torch.manual_seed(0)
-    model = make_model(SASRecPlus, length_sorted_passes=passes, **SMALL).eval()
+    model = make_model(SASRecPlus, length_sorted_passes=passes, pack_sequences=packed, **SMALL).eval()
     batch = make_batch(batch=12, shortest=1, longest=30, seed=2)
     full = model.encode_all_positions(batch["item_id_list"], batch["item_length"])
     expected = model.gather_indexes(full, batch["item_length"] - 1)
@@ -215,7 +215,7 @@ def test_denoiser_skips_rows_without_chosen_positions(monkeypatch):
     results = []
     for sync_free in (True, False):  # True: the whole batch; False: only the rows with a chosen position
         torch.manual_seed(0)
-        model = make_model(DiffCLRec, sync_free_steps=sync_free, **SMALL).eval()
+        model = make_model(DiffCLRec, sync_free_steps=sync_free, pack_sequences=False, **SMALL).eval()
         rows = []
         denoiser_forward = model.denoiser.forward
         model.denoiser.forward = lambda x_t, t_, r, **kw: rows.append(x_t.size(0)) or denoiser_forward(x_t, t_, r, **kw)
@@ -292,3 +292,89 @@ def test_fused_optimizer_makes_the_same_update(tmp_path):
         weights.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*weights):
         torch.testing.assert_close(a, b)
+
+
+def test_best_fit_decreasing_places_every_sequence_once_within_its_row():
+    import random
+
+    from recbole_diffcl.model.packing import best_fit_decreasing
+
+    rng = random.Random(0)
+    for _ in range(50):
+        capacity = rng.randint(1, 50)
+        lengths = [rng.randint(1, capacity) for _ in range(rng.randint(1, 300))]
+        row, start, n_rows = best_fit_decreasing(lengths, capacity)
+        slots = {}
+        for i, n in enumerate(lengths):
+            assert 0 <= start[i] and start[i] + n <= capacity and 0 <= row[i] < n_rows
+            for slot in range(start[i], start[i] + n):
+                assert slots.setdefault((row[i], slot), i) == i  # no slot holds two sequences
+        # no row could take another row's contents whole: fewer rows than twice the lower bound
+        assert sum(lengths) / capacity <= n_rows < 2 * sum(lengths) / capacity + 1
+
+
+@pytest.mark.parametrize("model_class", [DiffCLRec, CL4SRec])
+def test_packed_sequences_give_the_same_outputs_and_gradients(model_class):
+    """Packed rows against length-sorted passes: the same last-position and every-position outputs (dropout
+    off) and the same gradients, lengths 1 to 50."""
+    batch = make_batch(batch=40, max_len=50, shortest=1, longest=50, seed=6)
+    results = []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        model = make_model(model_class, pack_sequences=packed, length_sorted_passes=4, **SMALL).eval()
+        if packed:
+            widths = _count_encoder_calls(model)  # the padded paths are not taken
+        last = model.forward(batch["item_id_list"], batch["item_length"])
+        every = model.encode_all_positions(batch["item_id_list"], batch["item_length"])
+        real = torch.arange(every.size(1))[None, :] < batch["item_length"][:, None]
+        (last.square().sum() + every[real].square().sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((last.detach(), every.detach()[real], every.shape, grads))
+    assert widths == []
+    (last0, every0, shape0, grads0), (last1, every1, shape1, grads1) = results
+    assert shape0 == shape1  # the trimmed batch's width
+    for a, b in ((last0, last1), (every0, every1), (grads0, grads1)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_sequences_give_the_same_training_losses():
+    batch = make_batch(batch=24, max_len=50, shortest=1, longest=50, seed=4)
+    losses = []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        model = make_model(DiffCLRec, pack_sequences=packed, mask_ratio=0.4, **SMALL).eval()
+        torch.manual_seed(7)  # the same augmentation draws in both runs
+        losses.append(torch.stack(list(model.calculate_loss(batch))))
+    assert losses[0][1] > 0, "the contrastive loss must be part of the comparison"
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+
+
+def test_pack_sequences_resolves_per_device():
+    from recbole_diffcl.model import SASRecPlus
+
+    assert make_model(SASRecPlus, **SMALL).pack_sequences is True  # auto: on for a CPU
+    assert make_model(SASRecPlus, device=torch.device("cuda"), **SMALL).pack_sequences is False
+
+
+@pytest.mark.parametrize("denoiser", [
+    dict(denoiser_position="relative"), dict(denoiser_position="absolute", denoiser_context="left"),
+    dict(denoiser_position="none", denoiser_context="none"),
+])
+def test_packed_denoiser_equals_the_padded_one_at_the_chosen_positions(denoiser):
+    batch = make_batch(batch=40, seed=12, shortest=1, longest=30)
+    item_seq, lengths = batch["item_id_list"][:, :30], batch["item_length"]
+    real = item_seq != 0
+    torch.manual_seed(1)
+    chosen = real & (torch.rand(real.shape) < 0.3)
+    chosen[lengths <= 3] = False
+    x_t, t = torch.randn(*item_seq.shape, SMALL["hidden_size"]), torch.randint(0, 1000, (40,))
+    outputs = []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        model = make_model(DiffCLRec, pack_sequences=packed, length_sorted_passes=1, **SMALL, **denoiser).eval()
+        if denoiser["denoiser_position"] == "relative":  # a bias that is not zero (it starts at zero)
+            torch.nn.init.normal_(model.denoiser.relative_bias.weight)
+        with torch.no_grad():
+            outputs.append(model.denoise_chosen(x_t, t, real, chosen, lengths))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    assert outputs[0].shape == (int(chosen.sum()), SMALL["hidden_size"])

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N_ITEMS = 60
 # sync_free_steps: the denoiser sees the whole batch (the oracles below answer for the batch's rows by position)
 SMALL = dict(hidden_size=64, inner_size=32, denoiser_inner_size=32, diffusion_steps=100, length_sorted_passes=1,
-             sync_free_steps=True)
+             pack_sequences=False, sync_free_steps=True)  # the test denoisers below take the batch's own rows
 
 
 class OracleDenoiser(nn.Module):

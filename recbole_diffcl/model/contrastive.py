@@ -17,8 +17,9 @@ from recbole.model.loss import BPRLoss
 
 from recbole_diffcl.data.dataloader import LOSS_START_FIELD, training_item_counts
 from recbole_diffcl.errors import UserError
-from recbole_diffcl.layers import attend_from_one_position
+from recbole_diffcl.layers import attend_from_one_position, attend_from_positions
 from recbole_diffcl.model.losses import linear_cross_entropy, sampled_softmax_loss
+from recbole_diffcl.model.packing import PackedBatch
 from recbole_diffcl import properties as P
 
 SIMILARITIES = ("dot", "cos")
@@ -145,6 +146,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         "trim_batches": P.one_of(True, False, "auto"),
         "sync_free_steps": P.one_of(True, False, "auto"),
         "length_sorted_passes": P.positive_int_or("auto"),
+        "pack_sequences": P.one_of(True, False, "auto"),
         "fused_cross_entropy": P.one_of(True, False, "auto"),
         "ssm_negatives": P.positive_int(),
         "ssm_distribution": P.one_of(*SSM_DISTRIBUTIONS),
@@ -177,6 +179,8 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         # CE over all items chunk by chunk (model/losses.py): less memory traffic, which bounds a CPU step
         self.fused_cross_entropy = optional_auto("fused_cross_entropy", not on_gpu)
         self.length_sorted_passes = resolve_length_sorted_passes(config["length_sorted_passes"], config["device"])
+        # several sequences per row for the encoder (model/packing.py): packing reads lengths on the host
+        self.pack_sequences = optional_auto("pack_sequences", not on_gpu)
         self.whole_sequence = bool(config["whole_sequence_training"])
         self.current_epoch = 0  # set by the trainer at the start of every epoch
         self._view_statistics: dict = {}  # name -> (sum, count), accumulated on the device (see record_statistic)
@@ -239,10 +243,16 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         h = self.embed_positions(item_seq, item_weight)
         return self.trm_encoder(h, self.get_attention_mask(item_seq), output_all_encoded_layers=False)[-1]
 
-    def embed_positions(self, item_seq: torch.Tensor, item_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The encoder's input: item plus position embeddings, LayerNorm, dropout (B x L x d)."""
+    def embed_positions(
+        self, item_seq: torch.Tensor, item_weight: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """The encoder's input: item plus position embeddings, LayerNorm, dropout (B x L x d). ``positions``
+        (B x L): each item's place in its sequence, for packed rows (default: its column)."""
         item_emb = self.item_embedding(item_seq) if item_weight is None else F.embedding(item_seq, item_weight)
-        h = item_emb + self.position_embedding.weight[: item_seq.size(1)][None]
+        if positions is None:
+            h = item_emb + self.position_embedding.weight[: item_seq.size(1)][None]
+        else:
+            h = item_emb + self.position_embedding(positions)
         return self.dropout(self.LayerNorm(h))
 
     def length_sorted_plan(
@@ -274,10 +284,13 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
     ) -> torch.Tensor:
         """Sequence representation: encoder output at the last real position (B x d).
 
-        Rows are encoded in length-sorted sub-batches (``length_sorted_plan``), each trimmed to its own
-        longest row: the same outputs (rows never attend to each other), far less padding when a batch
+        With ``pack_sequences``, the sequences are packed several to a row (model/packing.py); else rows
+        are encoded in length-sorted sub-batches (``length_sorted_plan``), each trimmed to its own longest
+        row. Either way the same outputs (rows never attend to each other), far less padding when a batch
         mixes short and long rows.
         """
+        if self.pack_sequences:
+            return self.encode_last_position_packed(item_seq, item_seq_len, item_weight)
         return self.map_length_sorted(
             lambda rows, lengths: self.encode_last_position(rows, lengths, item_weight),
             item_seq_len,
@@ -295,7 +308,21 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         *lower, last = self.trm_encoder.layer
         for layer in lower:
             h = layer(h, mask)
-        h = attend_from_one_position(last.multi_head_attention, h, mask, item_seq_len - 1)
+        # (a row of length 0, which RecBole's sequential data never has, reads its position 0)
+        h = attend_from_one_position(last.multi_head_attention, h, mask, (item_seq_len - 1).clamp(min=0))
+        return last.feed_forward(h)
+
+    def encode_last_position_packed(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, item_weight: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``encode_last_position`` with the sequences packed several to a row: B x d, in the batch's order."""
+        packed = PackedBatch(item_seq_len)
+        h = self.embed_positions(packed.pack(item_seq), item_weight, packed.positions)
+        mask = packed.causal_mask()
+        *lower, last = self.trm_encoder.layer
+        for layer in lower:
+            h = layer(h, mask)
+        h = attend_from_positions(last.multi_head_attention, h, mask, packed.last_rows, packed.last_columns)
         return last.feed_forward(h)
 
     def map_length_sorted(self, fn, item_seq_len: torch.Tensor, *row_tensors: torch.Tensor) -> torch.Tensor:
@@ -320,7 +347,14 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
     def encode_all_positions(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, item_weight: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """Causal encoder output at every position of the trimmed batch (B x L' x d), length-sorted passes."""
+        """Causal encoder output at every position of the trimmed batch (B x L' x d): packed rows
+        (``pack_sequences``) or length-sorted passes."""
+        if self.pack_sequences:
+            item_seq = self.trim(item_seq, item_seq_len)
+            packed = PackedBatch(item_seq_len)
+            h = self.embed_positions(packed.pack(item_seq), item_weight, packed.positions)
+            h = self.trm_encoder(h, packed.causal_mask(), output_all_encoded_layers=False)[-1]
+            return packed.unpack(h, item_seq.size(1))
         return self.map_length_sorted(
             lambda rows: self.encode_positions(rows, item_weight), item_seq_len, self.trim(item_seq, item_seq_len)
         )

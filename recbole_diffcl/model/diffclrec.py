@@ -36,6 +36,7 @@ from recbole_diffcl import diffusion
 from recbole_diffcl import properties as P
 from recbole_diffcl.data.dataloader import training_item_counts
 from recbole_diffcl.model.contrastive import ContrastiveSequentialRecommender
+from recbole_diffcl.model.packing import PackedBatch
 
 
 NLL_REDUCTIONS = ("token", "sequence")
@@ -241,7 +242,16 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         self, x_t: torch.Tensor, t: torch.Tensor, real: torch.Tensor, chosen: torch.Tensor, item_seq_len: torch.Tensor
     ) -> torch.Tensor:
         """The denoiser's x0 prediction at the chosen positions (N x d, row-major order), its last layer run
-        only there, in length-sorted sub-batches as the encoder's passes."""
+        only there; the sequences packed several to a row, or in length-sorted sub-batches, as the encoder's."""
+        if self.pack_sequences and self.denoiser.position != "disentangled":
+            packed = PackedBatch(item_seq_len)
+            at = packed.pack(chosen)
+            x0_pred = self.denoiser(
+                packed.pack(x_t), packed.pack(t[:, None].expand_as(real)), packed.pack(real), at=at,
+                positions=packed.positions, same_sequence=packed.same_sequence(),
+            )
+            batch_order = (packed.sequence * chosen.size(1) + packed.positions)[at]
+            return x0_pred[torch.argsort(batch_order)]  # from the packed rows' order to the batch's row-major one
         plan = self.length_sorted_plan(item_seq_len)
         if plan is None:
             return self.denoiser(x_t, t, real, at=chosen)
