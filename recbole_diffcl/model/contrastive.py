@@ -316,14 +316,20 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, item_weight: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         """``encode_last_position`` with the sequences packed several to a row: B x d, in the batch's order."""
-        packed = PackedBatch(item_seq_len)
-        h = self.embed_positions(packed.pack(item_seq), item_weight, packed.positions)
-        mask = packed.causal_mask()
+        packed, h, mask = self.embed_packed(item_seq, item_seq_len, item_weight)
         *lower, last = self.trm_encoder.layer
         for layer in lower:
             h = layer(h, mask)
         h = attend_from_positions(last.multi_head_attention, h, mask, packed.last_rows, packed.last_columns)
         return last.feed_forward(h)
+
+    def embed_packed(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, item_weight: Optional[torch.Tensor] = None
+    ) -> tuple[PackedBatch, torch.Tensor, torch.Tensor]:
+        """The batch packed several sequences to a row (model/packing.py): its layout, the encoder's input
+        (R x W x d) and the causal attention mask of the packed rows."""
+        packed = PackedBatch(item_seq_len)
+        return packed, self.embed_positions(packed.pack(item_seq), item_weight, packed.positions), packed.causal_mask()
 
     def map_length_sorted(self, fn, item_seq_len: torch.Tensor, *row_tensors: torch.Tensor) -> torch.Tensor:
         """``fn(*row_tensors)`` -> B x L x d (or B x d) for a row-independent ``fn``, run in length-sorted
@@ -350,11 +356,9 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         """Causal encoder output at every position of the trimmed batch (B x L' x d): packed rows
         (``pack_sequences``) or length-sorted passes."""
         if self.pack_sequences:
-            item_seq = self.trim(item_seq, item_seq_len)
-            packed = PackedBatch(item_seq_len)
-            h = self.embed_positions(packed.pack(item_seq), item_weight, packed.positions)
-            h = self.trm_encoder(h, packed.causal_mask(), output_all_encoded_layers=False)[-1]
-            return packed.unpack(h, item_seq.size(1))
+            packed, h, mask = self.embed_packed(item_seq, item_seq_len, item_weight)
+            h = self.trm_encoder(h, mask, output_all_encoded_layers=False)[-1]
+            return packed.unpack(h, self.trim(item_seq, item_seq_len).size(1))
         return self.map_length_sorted(
             lambda rows: self.encode_positions(rows, item_weight), item_seq_len, self.trim(item_seq, item_seq_len)
         )

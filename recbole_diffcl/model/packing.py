@@ -1,4 +1,4 @@
-"""Sequence packing for the causal encoder: several short sequences share one row.
+"""Sequence packing: several short sequences share one row of the encoder or the denoiser.
 
 A training batch of amazon-beauty holds 256 sequences of 1 to 50 items (8.9 on average): padded, 256 x 50
 positions of which ~1,500 are real. Length-sorted sub-batches (``length_sorted_passes``) cut the padding but
@@ -6,8 +6,8 @@ run every operation of the encoder once per sub-batch, and on a CPU those many s
 than the arithmetic. Packed, the sequences are laid end to end in ~35 rows as wide as the longest one
 (best fit, longest first); each item keeps the position embedding of its place in its own sequence, and
 the attention mask lets a position see only its own sequence's positions (earlier ones, for the causal
-encoder). The outputs at every real position are those of the padded batch (tests), from one pass of a
-few larger operations. Dropout draws its masks in the packed layout, so training draws other random
+encoder; both sides, or the ``denoiser_context``, for DiffCLRec's denoiser). The outputs at every real
+position are those of the padded batch (tests), from one pass of a few larger operations. Dropout draws its masks in the packed layout, so training draws other random
 numbers than the padded layout does (the same dropout).
 
 Packing reads the lengths on the host (as trimming does): the property ``pack_sequences`` is ``auto``, on
