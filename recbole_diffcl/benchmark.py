@@ -167,6 +167,15 @@ def _digests(files: Sequence[str]) -> list[dict[str, str]]:
     return [{"path": f, "sha256": _file_digest(f)} for f in files]
 
 
+def _contents(recorded: dict) -> dict:
+    """A recorded setting without its files' paths: a moved checkout, or another clone, with the same
+    files (by their digests) continues the same benchmark."""
+    return {
+        key: [f.get("sha256") if isinstance(f, dict) else f for f in value] if key == "config_files" else value
+        for key, value in recorded.items()
+    }
+
+
 def check_settings(
     out: Path, dataset: str, config_files: list[str], overrides: dict[str, str], entries: Sequence[ModelEntry] = ()
 ) -> None:
@@ -188,7 +197,10 @@ def check_settings(
         except ValueError:
             before = None
         earlier = (before or {}).pop("configurations", {}) if isinstance(before, dict) else {}
-        changed = [label for label in configurations if label in earlier and earlier[label] != configurations[label]]
+        changed = [
+            label for label in configurations
+            if label in earlier and _contents(earlier[label]) != _contents(configurations[label])
+        ]
         if changed:
             raise UserError(
                 f"{out} holds runs of {', '.join(changed)} made with another model or other property files "
@@ -196,7 +208,7 @@ def check_settings(
                 f"for the changed configuration."
             )
         configurations = {**earlier, **configurations}
-        if before is not None and before != settings:
+        if before is not None and (not isinstance(before, dict) or _contents(before) != _contents(settings)):
             raise UserError(
                 f"{out} holds runs made with other settings (before: {json.dumps(before)}; now: "
                 f"{json.dumps(settings)}). Fix: use another --out for the new settings, or repeat the earlier "

@@ -239,6 +239,13 @@ def test_labelled_configurations_sit_side_by_side(tmp_path, monkeypatch, capsys)
     assert "DiffCLRec-paper" in capsys.readouterr().err
     # a new label may join the folder
     assert benchmark.main([f"--models=DiffCLRec-other=DiffCLRec:{other}", "--seeds=1", f"--out={out}"]) == 0
+    # the same files from another place (a moved checkout, a campaign worktree at a newer commit) continue it
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "paper.yaml").write_text(paper.read_text())
+    seen.clear()
+    assert benchmark.main([f"--models=DiffCLRec-paper=DiffCLRec:{moved / 'paper.yaml'}", "--seeds=1,3", f"--out={out}"]) == 0
+    assert len(seen) == 1 and "--seed=3" in seen[0]  # seed 1 was finished; only seed 3 runs
     for bad in ["--models=X=", f"--models=A=DiffCLRec:{tmp_path / 'missing.yaml'}", "--models=A=SASRec,A=DiffCLRec"]:
         assert benchmark.main([bad, "--seeds=1", f"--out={tmp_path / 'bad'}"]) == 2
     assert not (tmp_path / "bad").exists()
