@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests import forked_cli
 from tests.conftest import ROOT
 
 TINY = ["--epochs=1", "--hidden_size=16", "--inner_size=32", "--diffusion_steps=20", "--show_progress=False"]
@@ -123,8 +123,9 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def _run(cmd, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    """The command as a process would run it, forked from a server that imported torch and the plugin once
+    (tests/forked_cli.py: ~10x faster than a fresh interpreter per case)."""
+    return forked_cli.run(cmd, cwd, {**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 @pytest.mark.parametrize("case, files, cmd, words", CASES, ids=[c[0] for c in CASES])

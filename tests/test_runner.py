@@ -1,7 +1,6 @@
 """The runner end to end on a slice of ml-100k, property layering, and user-error handling."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,16 +8,15 @@ import pytest
 import torch
 
 from recbole_diffcl.quick_start import load_config
+from tests import forked_cli
 from tests.conftest import ROOT
 
 RUNNER = str(ROOT / "run_recbole_diffcl.py")
 
 
 def run_cli(args, cwd, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, RUNNER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    """The runner as a process (forked from a server that imported torch and the plugin once: tests/forked_cli.py)."""
+    return forked_cli.run([sys.executable, RUNNER, *args], cwd, {**os.environ, "PYTHONPATH": str(ROOT)}, timeout)
 
 
 def as_cli(props: dict) -> list:
