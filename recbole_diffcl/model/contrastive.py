@@ -358,7 +358,8 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         if self.pack_sequences:
             packed, h, mask = self.embed_packed(item_seq, item_seq_len, item_weight)
             h = self.trm_encoder(h, mask, output_all_encoded_layers=False)[-1]
-            return packed.unpack(h, self.trim(item_seq, item_seq_len).size(1))
+            # the trimmed batch's width is the packed rows' (its longest sequence), without a second host read
+            return packed.unpack(h, packed.width if self.trim_batches else item_seq.size(1))
         return self.map_length_sorted(
             lambda rows: self.encode_positions(rows, item_weight), item_seq_len, self.trim(item_seq, item_seq_len)
         )
