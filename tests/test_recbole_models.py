@@ -44,3 +44,22 @@ def test_fearec_contrastive_term_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(FEARec, "info_nce", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     model.calculate_loss(next(iter(train_data))).backward()
     assert calls, "FEARec trained without its contrastive loss"
+
+
+def test_looking_up_a_recbole_model_leaves_autograd_anomaly_mode_off():
+    # RecBole's sine.py turns anomaly mode on for the whole process when its sequential models are imported
+    # (a debugging mode: 1.5x slower steps); the lookup undoes it. A fresh process, so the import really runs.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from recbole_diffcl.model import get_model\n"
+        "get_model('SASRec')\n"
+        "print(torch.is_anomaly_enabled())\n"
+        "import importlib, recbole.model.sequential_recommender.sine as sine\n"
+        "importlib.reload(sine)\n"  # what the lookup undid, so that this test can fail
+        "print(torch.is_anomaly_enabled())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
