@@ -43,6 +43,10 @@ CONFIGS = [
     ("SASRecPlus whole, bf16 amp", "SASRecPlus", {}, "bf16"),
     ("CL4SRec whole, auto", "CL4SRec", {}, None),
     ("DiffCLRec prefix rows, auto", "DiffCLRec", {"whole_sequence_training": False}, None),
+    ("SASRec (RecBole) prefix rows", "SASRec", {}, None),
+    # autograd's debugging mode, which importing RecBole's sine.py turned on for the whole process until
+    # recbole_diffcl.model.get_model undid it: what RecBole's SASRec rows cost before that fix
+    ("SASRec (RecBole) prefix rows, anomaly mode", "SASRec", {"detect_anomaly": True}, None),
 ]
 
 
@@ -54,6 +58,7 @@ def synchronize(device) -> None:
 def measure(label, model_name, overrides, amp, dataset_name, cache, args, compiled=False) -> None:
     overrides = dict(overrides)
     files = overrides.pop("config_files", None)
+    anomaly = overrides.pop("detect_anomaly", False)
     files = [str(Path(__file__).resolve().parents[1] / f) for f in files] if files else None
     model_class, config = load_config(model_name, dataset_name, files, {"show_progress": False, **overrides})
     if "data" not in cache:
@@ -70,13 +75,14 @@ def measure(label, model_name, overrides, amp, dataset_name, cache, args, compil
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16" and torch.device(device).type == "cuda")
 
     def step(batch) -> None:
-        optimizer.zero_grad()
-        with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = loss_fn(batch)
-            loss = sum(loss) if isinstance(loss, tuple) else loss
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        with torch.autograd.set_detect_anomaly(anomaly):
+            optimizer.zero_grad()
+            with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = loss_fn(batch)
+                loss = sum(loss) if isinstance(loss, tuple) else loss
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
     for batch in batches[: args.warmup]:
         step(batch)
