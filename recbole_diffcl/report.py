@@ -25,6 +25,7 @@ import torch
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.evaluation import RANKING_COLUMNS, rankings_from_positions
 from recbole_diffcl.runs import RunSpec, mean_epoch_seconds
+from recbole_diffcl.utils import atomic_write
 
 
 # --------------------------------------------------------------------------------------------------
@@ -518,3 +519,103 @@ def write_plot(table: Table, models: list[str], path: Path, title: str) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+# --------------------------------------------------------------------------------------------------
+# A curve over benchmark folders: test metrics against train_keep_ratio (docs/ablation.md, sparsity)
+# --------------------------------------------------------------------------------------------------
+CURVE_METRICS = ("ndcg@10", "hit@10")
+
+
+def read_curve(points: dict[float, Path]) -> dict[str, dict[float, dict[str, list[float]]]]:
+    """model -> ratio -> metric -> values over seeds, from each point's ``results.csv`` (a benchmark folder)."""
+    import pandas as pd
+
+    curve: dict[str, dict[float, dict[str, list[float]]]] = {}
+    for ratio, folder in sorted(points.items()):
+        path = Path(folder) / "results.csv"
+        if not path.is_file():
+            raise UserError(f"No results.csv in {folder}. Fix: run the benchmark into that folder first.")
+        for row in pd.read_csv(path).to_dict("records"):
+            per_metric = curve.setdefault(row["model"], {}).setdefault(ratio, {m: [] for m in CURVE_METRICS})
+            for metric in CURVE_METRICS:
+                per_metric[metric].append(float(row[metric]))
+    return curve
+
+
+def write_curve(points: dict[float, Path], out: Path, title: str) -> Path:
+    """``summary.md`` (test NDCG@10 and Hit@10 per model and ratio, mean ± std over seeds) and
+    ``summary.png`` (test NDCG@10 against the ratio, one line per model) in ``out``."""
+    curve = read_curve(points)
+    ratios = sorted(points)
+    folders = ", ".join(f"{r:g}: `{points[r]}`" for r in ratios)
+    lines = [f"# {title}", "", f"Test metrics against `train_keep_ratio`, each cell mean ± std over seeds (n seeds). "
+             f"Benchmark folders: {folders}.", ""]
+    for metric in CURVE_METRICS:
+        lines += [f"## {metric_label(metric)} (test)", "", "| model | " + " | ".join(f"{r:g}" for r in ratios) + " |",
+                  "|---|" + "---:|" * len(ratios)]
+        for model, by_ratio in curve.items():
+            cells = []
+            for r in ratios:
+                values = by_ratio.get(r, {}).get(metric, [])
+                cells.append(f"{_fmt(*mean_std(values))} ({len(values)})" if values else "")
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["![test NDCG@10 against train_keep_ratio](summary.png)", ""]
+    with atomic_write(out / "summary.md") as f:
+        f.write("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for model, by_ratio in curve.items():
+        xs = [r for r in ratios if by_ratio.get(r, {}).get("ndcg@10")]
+        stats = [mean_std(by_ratio[r]["ndcg@10"]) for r in xs]
+        ax.errorbar(xs, [m for m, _ in stats], yerr=[s or 0.0 for _, s in stats], marker="o", capsize=3, label=model)
+    ax.set_xlabel("train_keep_ratio (share of each user's training interactions kept)")
+    ax.set_ylabel("test NDCG@10")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_write(out / "summary.png", "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return out / "summary.md"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m recbole_diffcl.report --curve OUT RATIO=FOLDER ...``: the sparsity curve of benchmark folders."""
+    import argparse
+
+    from recbole_diffcl.utils import require_extra
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--curve", required=True, type=Path, help="folder for summary.md and summary.png")
+    parser.add_argument("--title", default="Sparsity: test metrics against train_keep_ratio")
+    parser.add_argument("points", nargs="+", help="RATIO=BENCHMARK_FOLDER, e.g. 0.25=docs/results/x/keep-0.25")
+    args = parser.parse_args(argv)
+    points = {}
+    try:
+        for point in args.points:
+            ratio, sep, folder = point.partition("=")
+            if not sep:
+                raise ValueError(point)
+            points[float(ratio)] = Path(folder)
+        require_extra("matplotlib", "plot", "The curve's plot (summary.png)")
+        print(write_curve(points, args.curve, args.title))
+    except ValueError as exc:
+        print(f"error: a point must be RATIO=FOLDER with a number for RATIO, got {exc}. Fix: e.g. "
+              f"0.25=docs/results/amazon-beauty/sparsity/keep-0.25.")
+        return 2
+    except UserError as exc:
+        print(f"error: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,3 +27,27 @@ def test_paired_test_edge_cases():
     assert report.paired_test({1: 0.2, 2: 0.3}, {1: 0.1, 2: 0.2})["p"] is None  # same difference
     test = report.paired_test({1: 0.2, 2: 0.35, 3: 0.3}, {1: 0.1, 2: 0.2, 3: 0.29})
     assert 0 <= test["p"] <= 1 and test["n"] == 3 and test["diff"] == pytest.approx(0.26 / 3)
+
+
+def test_sparsity_curve_from_benchmark_folders(tmp_path):
+    pytest.importorskip("matplotlib")
+    import pandas as pd
+
+    def folder(name, rows):
+        path = tmp_path / name
+        path.mkdir()
+        pd.DataFrame(rows).to_csv(path / "results.csv", index=False)
+        return str(path)
+
+    half = folder("keep-0.5", [{"model": "A", "seed": 1, "ndcg@10": 0.02, "hit@10": 0.05},
+                               {"model": "A", "seed": 2, "ndcg@10": 0.04, "hit@10": 0.07}])
+    full = folder("full", [{"model": "A", "seed": 1, "ndcg@10": 0.05, "hit@10": 0.09},
+                           {"model": "B", "seed": 1, "ndcg@10": 0.06, "hit@10": 0.10}])
+    out = tmp_path / "curve"
+    assert report.main(["--curve", str(out), f"0.5={half}", f"1.0={full}"]) == 0
+    text = (out / "summary.md").read_text()
+    assert "| A | 0.0300 ± 0.0141 (2) | 0.0500 (1) |" in text  # NDCG@10: mean ± std over seeds, per ratio
+    assert "| B |  | 0.0600 (1) |" in text  # no run at 0.5: an empty cell
+    assert (out / "summary.png").stat().st_size > 0
+    assert report.main(["--curve", str(out), "half=x"]) == 2
+    assert report.main(["--curve", str(out), f"0.25={tmp_path / 'missing'}"]) == 2
