@@ -93,6 +93,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     parser.add_argument("--reference", default="DiffCLRec",
                         help="model tested against every other (default: DiffCLRec)")
     parser.add_argument("--verbose", action="store_true", help="also print each run's output (always in its log)")
+    parser.add_argument("--summary_only", action="store_true",
+                        help="start no run: summarise the runs of --models x --seeds already finished in --out "
+                        "(a campaign's table so far)")
     parser.add_argument("--parallel", type=int, default=1,
                         help="runs at a time (default 1; e.g. 8 on a GPU, which trains several small models at once)")
     args, rest = parser.parse_known_args(list(argv))
@@ -347,8 +350,14 @@ def benchmark(argv: Sequence[str]) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     specs = [RunSpec(e.label, seed, runs_dir, e.model, e.config_files) for seed in seeds for e in entries]
     try:
-        with interruptible():
-            results, failed = run_all(specs, args.dataset, config_files, overrides, args.verbose, max(1, args.parallel))
+        if args.summary_only:
+            finished = {spec.name: load_finished(spec, args.dataset) for spec in specs}
+            results, failed = {name: r for name, r in finished.items() if r is not None}, []
+            print(f"{len(specs)} runs: {len(results)} finished, summarised; the others not started (--summary_only)")
+        else:
+            with interruptible():
+                results, failed = run_all(specs, args.dataset, config_files, overrides, args.verbose,
+                                          max(1, args.parallel))
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to continue (an interrupted run "
               "resumes from its last epoch checkpoint)", file=sys.stderr)

@@ -94,6 +94,14 @@ def test_benchmark_end_to_end_and_rerun(tmp_path):
     assert done.stat().st_mtime_ns == stamp
     assert len(pd.read_csv(out / "results.csv")) == 4
 
+    # --summary_only starts no run: the table of what has finished (a campaign's table so far)
+    partial = [a if not a.startswith("--seeds=") else "--seeds=2020,2021,2022" for a in args]
+    proc = run_module("recbole_diffcl.benchmark", [*partial, "--summary_only"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "6 runs: 4 finished, summarised" in proc.stdout and "running" not in proc.stdout
+    assert not (out / "runs" / "SASRec-2022.log").exists()
+    assert "finished runs: 4 of 6" in (out / "summary.md").read_text()
+
     # Other settings into the same folder are refused (they would mix two experiments).
     proc = run_module("recbole_diffcl.benchmark", [*args, "--learning_rate=0.01"], cwd=tmp_path)
     assert proc.returncode == 2 and "other settings" in proc.stderr and "Traceback" not in proc.stderr
