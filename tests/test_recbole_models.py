@@ -48,7 +48,7 @@ def test_fearec_contrastive_term_runs(tmp_path, monkeypatch):
 
 def test_looking_up_a_recbole_model_leaves_autograd_anomaly_mode_off():
     # RecBole's sine.py turns anomaly mode on for the whole process when its sequential models are imported
-    # (a debugging mode: 1.5x slower steps); the lookup undoes it. A fresh process, so the import really runs.
+    # (a debugging mode: ~1.4x slower steps); the lookup undoes it. A fresh process, so the import really runs.
     import subprocess
     import sys
 

@@ -31,7 +31,7 @@ def get_model(model_name: str, option: str = "--model") -> type:
     finally:
         # Importing RecBole's sequential models runs sine.py's module-level set_detect_anomaly(True): autograd's
         # debugging mode, on for the whole process (every op records its stack, every backward output is
-        # checked for NaN), which made RecBole's SASRec train 1.5x slower per step here. Same math without it.
+        # checked for NaN), which made RecBole's SASRec steps ~1.4x slower here (docs/speed.md). Same math without it.
         torch.autograd.set_detect_anomaly(anomaly_mode)
     known = sorted(plugin)
     by_lower = {name.lower(): name for name in known}
