@@ -527,8 +527,11 @@ def write_plot(table: Table, models: list[str], path: Path, title: str) -> bool:
 CURVE_METRICS = ("ndcg@10", "hit@10")
 
 
-def read_curve(points: dict[float, Path]) -> dict[str, dict[float, dict[str, list[float]]]]:
-    """model -> ratio -> metric -> values over seeds, from each point's ``results.csv`` (a benchmark folder)."""
+def read_curve(
+    points: dict[float, Path], models: Optional[Sequence[str]] = None
+) -> dict[str, dict[float, dict[str, list[float]]]]:
+    """model -> ratio -> metric -> values over seeds, from each point's ``results.csv`` (a benchmark folder);
+    only ``models`` when given."""
     import pandas as pd
 
     curve: dict[str, dict[float, dict[str, list[float]]]] = {}
@@ -537,16 +540,18 @@ def read_curve(points: dict[float, Path]) -> dict[str, dict[float, dict[str, lis
         if not path.is_file():
             raise UserError(f"No results.csv in {folder}. Fix: run the benchmark into that folder first.")
         for row in pd.read_csv(path).to_dict("records"):
+            if models and row["model"] not in models:
+                continue
             per_metric = curve.setdefault(row["model"], {}).setdefault(ratio, {m: [] for m in CURVE_METRICS})
             for metric in CURVE_METRICS:
                 per_metric[metric].append(float(row[metric]))
     return curve
 
 
-def write_curve(points: dict[float, Path], out: Path, title: str) -> Path:
+def write_curve(points: dict[float, Path], out: Path, title: str, models: Optional[Sequence[str]] = None) -> Path:
     """``summary.md`` (test NDCG@10 and Hit@10 per model and ratio, mean ± std over seeds) and
     ``summary.png`` (test NDCG@10 against the ratio, one line per model) in ``out``."""
-    curve = read_curve(points)
+    curve = read_curve(points, models)
     ratios = sorted(points)
     folders = ", ".join(f"{r:g}: `{points[r]}`" for r in ratios)
     lines = [f"# {title}", "", f"Test metrics against `train_keep_ratio`, each cell mean ± std over seeds (n seeds). "
@@ -596,6 +601,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--curve", required=True, type=Path, help="folder for summary.md and summary.png")
     parser.add_argument("--title", default="Sparsity: test metrics against train_keep_ratio")
+    parser.add_argument("--models", default="", help="comma-separated model labels to plot (default: all)")
     parser.add_argument("points", nargs="+", help="RATIO=BENCHMARK_FOLDER, e.g. 0.25=docs/results/x/keep-0.25")
     args = parser.parse_args(argv)
     points = {}
@@ -606,7 +612,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ValueError(point)
             points[float(ratio)] = Path(folder)
         require_extra("matplotlib", "plot", "The curve's plot (summary.png)")
-        print(write_curve(points, args.curve, args.title))
+        print(write_curve(points, args.curve, args.title, [m for m in args.models.split(",") if m]))
     except ValueError as exc:
         print(f"error: a point must be RATIO=FOLDER with a number for RATIO, got {exc}. Fix: e.g. "
               f"0.25=docs/results/amazon-beauty/sparsity/keep-0.25.")

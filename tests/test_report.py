@@ -49,5 +49,7 @@ def test_sparsity_curve_from_benchmark_folders(tmp_path):
     assert "| A | 0.0300 ± 0.0141 (2) | 0.0500 (1) |" in text  # NDCG@10: mean ± std over seeds, per ratio
     assert "| B |  | 0.0600 (1) |" in text  # no run at 0.5: an empty cell
     assert (out / "summary.png").stat().st_size > 0
+    assert report.main(["--curve", str(out), "--models=B", f"0.5={half}", f"1.0={full}"]) == 0
+    assert "| A |" not in (out / "summary.md").read_text()
     assert report.main(["--curve", str(out), "half=x"]) == 2
     assert report.main(["--curve", str(out), f"0.25={tmp_path / 'missing'}"]) == 2
