@@ -575,16 +575,16 @@ def write_curve(points: dict[float, Path], out: Path, title: str, models: Option
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 4))
     for model, by_ratio in curve.items():
         xs = [r for r in ratios if by_ratio.get(r, {}).get("ndcg@10")]
         stats = [mean_std(by_ratio[r]["ndcg@10"]) for r in xs]
         ax.errorbar(xs, [m for m, _ in stats], yerr=[s or 0.0 for _, s in stats], marker="o", capsize=3, label=model)
-    ax.set_xlabel("train_keep_ratio (share of each user's training interactions kept)")
+    ax.set_xlabel("train_keep_ratio (share of training interactions kept)")
     ax.set_ylabel("test NDCG@10")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     with atomic_write(out / "summary.png", "wb") as f:
         fig.savefig(f, format="png", dpi=120)
