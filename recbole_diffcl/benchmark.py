@@ -351,8 +351,8 @@ def benchmark(argv: Sequence[str]) -> int:
     specs = [RunSpec(e.label, seed, runs_dir, e.model, e.config_files) for seed in seeds for e in entries]
     try:
         if args.summary_only:
-            finished = {spec.name: load_finished(spec, args.dataset) for spec in specs}
-            results, failed = {name: r for name, r in finished.items() if r is not None}, []
+            results = {spec.name: r for spec in specs if (r := load_finished(spec, args.dataset)) is not None}
+            failed = []
             print(f"{len(specs)} runs: {len(results)} finished, summarised; the others not started (--summary_only)")
         else:
             with interruptible():

@@ -25,7 +25,7 @@ import torch
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.evaluation import RANKING_COLUMNS, rankings_from_positions
 from recbole_diffcl.runs import RunSpec, mean_epoch_seconds
-from recbole_diffcl.utils import atomic_write
+from recbole_diffcl.utils import atomic_write, require_extra
 
 
 # --------------------------------------------------------------------------------------------------
@@ -595,8 +595,6 @@ def write_curve(points: dict[float, Path], out: Path, title: str, models: Option
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m recbole_diffcl.report --curve OUT RATIO=FOLDER ...``: the sparsity curve of benchmark folders."""
     import argparse
-
-    from recbole_diffcl.utils import require_extra
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--curve", required=True, type=Path, help="folder for summary.md and summary.png")
