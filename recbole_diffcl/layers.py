@@ -128,20 +128,48 @@ def attend_from_positions(
 ) -> torch.Tensor:
     """``attention(h, attention_mask)`` (RecBole's ``MultiHeadAttention``) at the N query positions
     (``rows[i]``, ``positions[i]``) only: N x d. Keys and values are projected once per row; a row may have
-    several queries (the denoiser's chosen positions). ``rows`` None: one query per row, in row order.
-    ``attention_mask`` is additive, B x (1 or H) x (1 or L) x L."""
-    per_row = rows is None
-    if per_row:
-        rows = torch.arange(h.size(0), device=h.device)
+    several queries (packed sequences' last positions, the denoiser's chosen positions). ``rows`` None: one
+    query per row, in row order. ``attention_mask`` is additive, B x (1 or H) x (1 or L) x L."""
     heads = lambda t: t.view(*t.shape[:-1], attention.num_attention_heads, attention.attention_head_size)  # noqa: E731
-    x = h[rows, positions]  # N x d
-    query = heads(attention.query(x)).unsqueeze(2)  # N x H x 1 x dh
     key = heads(attention.key(h)).permute(0, 2, 3, 1)  # B x H x dh x L
     value = heads(attention.value(h)).permute(0, 2, 1, 3)  # B x H x L x dh
-    mask = attention_mask.expand(-1, -1, h.size(1), -1)[rows, :, positions].unsqueeze(2)  # N x (1 or H) x 1 x L
-    if not per_row:  # each query with its row's keys and values
-        key, value = key[rows], value[rows]
-    scores = query @ key / attention.sqrt_attention_head_size + mask
-    probs = attention.attn_dropout(attention.softmax(scores))
-    context = (probs @ value).reshape(x.size(0), attention.all_head_size)  # N x d (N may be 0)
+    mask = attention_mask.expand(-1, -1, h.size(1), -1)
+    if rows is None:
+        x = h[torch.arange(h.size(0), device=h.device), positions]  # B x d
+        slots = x.unsqueeze(1)  # B x 1 x d: one query per row
+        mask = mask[torch.arange(h.size(0), device=h.device), :, positions].unsqueeze(2)  # B x (1 or H) x 1 x L
+    else:
+        # The queries of each row side by side (A = the most any row has) so that they meet their own row's keys
+        # in one batched product: no copy of a row's keys and values per query, whose gathering and gradient
+        # cost more than the scores themselves (e.g. 512 views' anchors in ~60 packed rows).
+        # (``slot.max()`` is a host read; its callers, packed rows and chosen positions, read the host anyway)
+        x = h[rows, positions]  # N x d
+        slot = query_slots(rows, h.size(0))
+        width = int(slot.max()) + 1 if slot.numel() else 1
+        place = torch.zeros(h.size(0), width, dtype=torch.long, device=h.device)
+        place[rows, slot] = positions  # R x A positions (unused slots: position 0, their outputs dropped)
+        slots = h.gather(1, place[:, :, None].expand(-1, -1, h.size(2)))  # R x A x d
+        mask = mask.gather(2, place[:, None, :, None].expand(-1, mask.size(1), -1, mask.size(3)))  # R x . x A x L
+    query = heads(attention.query(slots)).transpose(1, 2)  # R x H x A x dh
+    probs = attention.softmax(query @ key / attention.sqrt_attention_head_size + mask)  # R x H x A x L
+    if rows is None:
+        probs = attention.attn_dropout(probs)
+    elif attention.training and attention.attn_dropout.p > 0:
+        # the dropout's mask drawn for the N real queries only (its own scaling), unused slots kept as they are
+        n_rows, n_heads, width, length = probs.shape
+        keep = probs.new_ones(n_rows, width, n_heads, length)
+        keep[rows, slot] = attention.attn_dropout(probs.new_ones(rows.numel(), probs.size(1), probs.size(3)))
+        probs = probs * keep.transpose(1, 2)
+    context = (probs @ value).transpose(1, 2).flatten(2)  # R x A x d
+    context = context.squeeze(1) if rows is None else context[rows, slot]  # N x d (N may be 0)
     return attention.LayerNorm(attention.out_dropout(attention.dense(context)) + x)
+
+
+def query_slots(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Each query's place among its row's queries (0, 1, ... in the order given): N, for ``rows`` (N)."""
+    order = torch.argsort(rows, stable=True)
+    counts = torch.bincount(rows, minlength=n_rows)
+    first = torch.cumsum(counts, 0) - counts  # where each row's queries begin in ``order``
+    slot = torch.empty_like(rows)
+    slot[order] = torch.arange(rows.numel(), device=rows.device) - first[rows[order]]
+    return slot

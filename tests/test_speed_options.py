@@ -378,3 +378,51 @@ def test_packed_denoiser_equals_the_padded_one_at_the_chosen_positions(denoiser)
             outputs.append(model.denoise_chosen(x_t, t, real, chosen, lengths))
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
     assert outputs[0].shape == (int(chosen.sum()), SMALL["hidden_size"])
+
+
+def _attention(dropout: float = 0.0):
+    from recbole.model.layers import MultiHeadAttention
+
+    torch.manual_seed(0)
+    return MultiHeadAttention(2, 8, 0.0, dropout, 1e-12)
+
+
+@pytest.mark.parametrize("heads_in_mask", [1, 2])
+def test_attention_at_query_positions_equals_the_full_attention(heads_in_mask):
+    """Several queries per row (packed last positions, the denoiser's chosen positions), rows without any,
+    queries in any order: the outputs and gradients of the full attention at those positions."""
+    from recbole_diffcl.layers import attend_from_positions
+
+    attention = _attention().eval()
+    h = torch.randn(4, 6, 8, requires_grad=True)
+    mask = torch.randn(4, heads_in_mask, 6, 6)
+    rows = torch.tensor([2, 0, 2, 3, 2, 0])  # row 1 has no query, row 2 three
+    positions = torch.tensor([5, 1, 0, 3, 2, 4])
+    expected = attention(h, mask)[rows, positions]
+    got = attend_from_positions(attention, h, mask, rows, positions)
+    assert torch.allclose(got, expected, atol=1e-6)
+    weights = torch.randn_like(got)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), h)
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), h)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-6)
+    one_per_row = attend_from_positions(attention, h, mask, None, torch.tensor([5, 1, 0, 3]))
+    assert torch.allclose(one_per_row, attention(h, mask)[torch.arange(4), torch.tensor([5, 1, 0, 3])], atol=1e-6)
+    assert attend_from_positions(attention, h, mask, rows[:0], positions[:0]).shape == (0, 8)
+
+
+def test_attention_at_query_positions_drops_attention_weights_per_query():
+    """In training, each query's attention weights get a dropout mask of their own (the dropout's rate and
+    scaling): about p of the weights are zeroed, and two queries of one row are not dropped alike."""
+    from recbole_diffcl.layers import attend_from_positions
+
+    attention = _attention(dropout=0.5).train()
+    captured = []
+    attention.attn_dropout.register_forward_hook(lambda module, args, out: captured.append(out))
+    h = torch.randn(3, 40, 8)
+    rows = torch.tensor([0, 0, 1, 2, 2, 2])
+    attend_from_positions(attention, h, torch.zeros(3, 1, 40, 40), rows, torch.tensor([39, 38, 39, 39, 20, 10]))
+    (keep,) = captured  # N x H x L: the scaled keep-mask of the N real queries
+    assert keep.shape == (6, 2, 40)
+    assert set(keep.unique().tolist()) == {0.0, 2.0}
+    assert 0.35 < (keep == 0).float().mean() < 0.65
+    assert not torch.equal(keep[0], keep[1])
