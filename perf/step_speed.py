@@ -40,6 +40,9 @@ CONFIGS = [
     ("DiffCLRec whole, bf16 amp", "DiffCLRec", {}, "bf16"),
     ("DiffCLRec paper file", "DiffCLRec", {"config_files": ["props/model/DiffCLRec-paper.yaml"]}, None),
     ("SASRecPlus whole, auto", "SASRecPlus", {}, None),
+    # no host read in the step (issue #21): next-item losses and DiffCLRec's diffusion part over every position
+    ("DiffCLRec whole, sync-free", "DiffCLRec", {"sync_free_steps": True}, None),
+    ("SASRecPlus whole, sync-free", "SASRecPlus", {"sync_free_steps": True}, None),
     ("SASRecPlus whole, bf16 amp", "SASRecPlus", {}, "bf16"),
     ("CL4SRec whole, auto", "CL4SRec", {}, None),
     ("DiffCLRec prefix rows, auto", "DiffCLRec", {"whole_sequence_training": False}, None),

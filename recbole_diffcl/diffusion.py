@@ -94,10 +94,14 @@ def _randn(n: int, dim: int, like: torch.Tensor, generator: Optional[torch.Gener
 
 
 def choose_positions(
-    item_seq: torch.Tensor, ratio: float, generator: Optional[torch.Generator] = None
+    item_seq: torch.Tensor, ratio: float, generator: Optional[torch.Generator] = None, dense: bool = False
 ) -> torch.Tensor:
-    """Bool mask (B x L): each real (non-zero) position is chosen independently with probability ``ratio``."""
+    """Bool mask (B x L): each real (non-zero) position is chosen independently with probability ``ratio``.
+
+    ``dense``: one draw per cell, padding included (no host read, for ``sync_free_steps``; other draws)."""
     real = item_seq != 0
+    if dense:
+        return real & (torch.rand(item_seq.shape, generator=generator, device=item_seq.device) < ratio)
     chosen = torch.zeros_like(real)
     # One draw per real position (row-major order), so trimming the padding changes nothing.
     draws = torch.rand(int(real.sum()), generator=generator, device=item_seq.device)
@@ -106,9 +110,15 @@ def choose_positions(
 
 
 def add_context_noise(
-    emb: torch.Tensor, real: torch.Tensor, schedule: NoiseSchedule, generator: Optional[torch.Generator] = None
+    emb: torch.Tensor, real: torch.Tensor, schedule: NoiseSchedule, generator: Optional[torch.Generator] = None,
+    dense: bool = False,
 ) -> torch.Tensor:
-    """x0 = E[S] plus Gaussian noise of std sqrt(1 - alpha-bar_0) at every real position (DiffuSeq's x_start)."""
+    """x0 = E[S] plus Gaussian noise of std sqrt(1 - alpha-bar_0) at every real position (DiffuSeq's x_start).
+
+    ``dense``: noise drawn at every cell and masked (no host read; other draws)."""
+    if dense:
+        noise = _randn(real.numel(), emb.size(-1), emb, generator).view(emb.shape) * real[..., None]
+        return emb + schedule.sqrt_one_minus_alphas_cumprod[0] * noise
     noise = torch.zeros_like(emb)
     noise[real] = _randn(int(real.sum()), emb.size(-1), emb, generator)
     return emb + schedule.sqrt_one_minus_alphas_cumprod[0] * noise
@@ -120,11 +130,18 @@ def q_sample(
     chosen: torch.Tensor,
     schedule: NoiseSchedule,
     generator: Optional[torch.Generator] = None,
+    dense: bool = False,
 ) -> torch.Tensor:
     """Forward diffusion at chosen positions only; every other position keeps x0 exactly (the context).
 
-    x0: B x L x d, t: B (one timestep per sequence), chosen: B x L bool.
+    x0: B x L x d, t: B (one timestep per sequence), chosen: B x L bool. ``dense``: noise drawn at every
+    cell, kept at the chosen ones (no host read; other draws).
     """
+    if dense:
+        noise = _randn(chosen.numel(), x0.size(-1), x0, generator).view(x0.shape)
+        noisy = (schedule.sqrt_alphas_cumprod[t][:, None, None] * x0
+                 + schedule.sqrt_one_minus_alphas_cumprod[t][:, None, None] * noise)
+        return torch.where(chosen[..., None], noisy, x0)
     rows, cols = chosen.nonzero(as_tuple=True)
     step = t[rows]
     noise = _randn(rows.numel(), x0.size(-1), x0, generator)
@@ -318,7 +335,10 @@ def make_views(item_seq: torch.Tensor, chosen: torch.Tensor, sampled: torch.Tens
     """One augmented copy of ``item_seq`` per column of ``sampled`` (N_chosen x n_views).
 
     Chosen positions take the sampled items (row-major order of ``chosen``); all others keep the original.
+    ``sampled`` may also hold a draw for every position (B x L x n_views, no host read), kept where chosen.
     """
+    if sampled.dim() == chosen.dim() + 1:
+        return [torch.where(chosen, sampled[..., v], item_seq) for v in range(sampled.size(-1))]
     views = []
     for v in range(sampled.size(1)):
         view = item_seq.clone()

@@ -38,7 +38,8 @@ def load_diffclrec(path: str, data_path: Optional[str] = None):
             f"views come from a denoiser). Fix: pass a DiffCLRec checkpoint (python run_recbole_diffcl.py "
             f"--model=DiffCLRec writes one into saved/)."
         )
-    overrides = dict(show_progress=False, state="ERROR", log_wandb=False, use_gpu=False)
+    # the report reads the chosen positions compacted (N x ...), as a CPU step makes them
+    overrides = dict(show_progress=False, state="ERROR", log_wandb=False, use_gpu=False, sync_free_steps=False)
     if data_path:
         overrides["data_path"] = data_path
     config, model, dataset, train_data, _, _ = load_data_and_model(path, overrides)

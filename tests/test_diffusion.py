@@ -32,14 +32,15 @@ def _seq():
     return torch.tensor([[5, 3, 9, 0, 0, 0], [1, 2, 3, 4, 5, 6], [7, 0, 0, 0, 0, 0]])
 
 
-def test_choose_positions_only_real_and_ratio():
+@pytest.mark.parametrize("dense", [False, True])
+def test_choose_positions_only_real_and_ratio(dense):
     seq = torch.randint(1, 50, (400, 30))
     seq[:, 20:] = 0
-    chosen = diffusion.choose_positions(seq, 0.25, torch.Generator().manual_seed(0))
+    chosen = diffusion.choose_positions(seq, 0.25, torch.Generator().manual_seed(0), dense=dense)
     assert not chosen[seq == 0].any()
     assert 0.2 < chosen[seq != 0].float().mean().item() < 0.3
-    assert not diffusion.choose_positions(seq, 0.0).any()
-    assert diffusion.choose_positions(seq, 1.0).eq(seq != 0).all()
+    assert not diffusion.choose_positions(seq, 0.0, dense=dense).any()
+    assert diffusion.choose_positions(seq, 1.0, dense=dense).eq(seq != 0).all()
 
 
 def test_choose_positions_same_draws_when_padding_trimmed():
@@ -51,25 +52,26 @@ def test_choose_positions_same_draws_when_padding_trimmed():
     assert torch.equal(full, trimmed) and torch.equal(wide[:, :6], full) and not wide[:, 6:].any()
 
 
-def test_q_sample_leaves_unchosen_positions_exactly_unchanged():
+@pytest.mark.parametrize("dense", [False, True])
+def test_q_sample_leaves_unchosen_positions_exactly_unchanged(dense):
     schedule = diffusion.NoiseSchedule("sqrt", 100)
-    seq = _seq()
     x0 = torch.randn(3, 6, 8)
     chosen = torch.zeros(3, 6, dtype=torch.bool)
     chosen[0, 1] = chosen[1, 4] = True
     t = torch.tensor([99, 50, 10])
-    x_t = diffusion.q_sample(x0, t, chosen, schedule, torch.Generator().manual_seed(0))
+    x_t = diffusion.q_sample(x0, t, chosen, schedule, torch.Generator().manual_seed(0), dense=dense)
     assert torch.equal(x_t[~chosen], x0[~chosen])
     assert not torch.allclose(x_t[chosen], x0[chosen])
     # noise level follows the schedule: at t=99 the chosen vector is mostly noise
     assert float(schedule.sqrt_alphas_cumprod[99]) < 0.2
 
 
-def test_context_noise_only_on_real_positions():
+@pytest.mark.parametrize("dense", [False, True])
+def test_context_noise_only_on_real_positions(dense):
     schedule = diffusion.NoiseSchedule("sqrt", 100)
     seq = _seq()
     emb = torch.randn(3, 6, 8)
-    x0 = diffusion.add_context_noise(emb, seq != 0, schedule, torch.Generator().manual_seed(0))
+    x0 = diffusion.add_context_noise(emb, seq != 0, schedule, torch.Generator().manual_seed(0), dense=dense)
     assert torch.equal(x0[seq == 0], emb[seq == 0])
     std = (x0 - emb)[seq != 0].std().item()
     assert std == pytest.approx(float(schedule.sqrt_one_minus_alphas_cumprod[0]), rel=0.6)

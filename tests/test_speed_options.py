@@ -213,7 +213,7 @@ def test_denoiser_skips_rows_without_chosen_positions(monkeypatch):
     chosen[0, 1] = chosen[3, 0] = chosen[3, 1] = chosen[7, 1] = True  # rows 0, 3 and 7 only
     t = torch.arange(12) * 7
     results = []
-    for sync_free in (True, False):  # True: the whole batch; False: only the rows with a chosen position
+    for sync_free in (True, False):  # True: the whole batch, every position; False: the rows with a chosen position
         torch.manual_seed(0)
         model = make_model(DiffCLRec, sync_free_steps=sync_free, pack_sequences=False, **SMALL).eval()
         rows = []
@@ -224,9 +224,10 @@ def test_denoiser_skips_rows_without_chosen_positions(monkeypatch):
         results.append((x0, x0_pred, logits, sum(rows)))
     (x0_a, pred_a, logits_a, rows_a), (x0_b, pred_b, logits_b, rows_b) = results
     assert rows_a == 12 and rows_b == 3
+    assert pred_a.shape == (12, 6, SMALL["hidden_size"]) and logits_a.shape[:2] == (12, 6)  # every position
     torch.testing.assert_close(x0_b[chosen], x0_a[chosen])
-    torch.testing.assert_close(pred_b, pred_a)
-    torch.testing.assert_close(logits_b, logits_a)
+    torch.testing.assert_close(pred_b, pred_a[chosen])
+    torch.testing.assert_close(logits_b, logits_a[chosen])
 
 
 @pytest.mark.parametrize("position,context", [
@@ -426,3 +427,88 @@ def test_attention_at_query_positions_drops_attention_weights_per_query():
     assert set(keep.unique().tolist()) == {0.0, 2.0}
     assert 0.35 < (keep == 0).float().mean() < 0.65
     assert not torch.equal(keep[0], keep[1])
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Records the tensor operations of a block that read a value back to the host: on a GPU each makes
+    the host wait for the device (item, tolist, bool/int of a tensor, nonzero, boolean-mask indexing)."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+             torch.Tensor.__index__, torch.Tensor.__float__, torch.nonzero, torch.Tensor.nonzero,
+             torch.masked_select, torch.Tensor.masked_select, torch.unique, torch.Tensor.unique}
+    INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_put_, torch.Tensor.index_put}
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.reads.append(func.__name__)
+        elif func in self.INDEXING:
+            index = args[1] if len(args) > 1 else ()
+            parts = index if isinstance(index, (tuple, list)) else (index,)
+            if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+                self.reads.append(f"{func.__name__} with a boolean mask")
+        return func(*args, **(kwargs or {}))
+
+
+SYNC_FREE = dict(sync_free_steps=True, trim_batches=False, pack_sequences=False, length_sorted_passes=1,
+                 fused_cross_entropy=False)  # the GPU defaults
+
+
+@pytest.mark.parametrize("props", [
+    {},
+    {"nll_reduction": "sequence", "mse_weight": 0.5},
+    {"aug_candidate_scores": "debiased", "aug_exclude": "history", "aug_sampling": "softmax"},
+    {"diffusion_input_scale": "unit", "aug_timestep_range": [0.0, 0.1], "aug_exclude": "original",
+     "aug_candidate_scores": "cos"},
+])
+def test_sync_free_diffclrec_step_equals_the_compacted_one(props, monkeypatch):
+    """``sync_free_steps`` denoises every position and keeps the chosen ones by masks: the same losses,
+    gradients and view statistics as the compacted step for the same chosen positions, timesteps and
+    noise (noise off, one candidate per position so that both draw the same views, dropout off)."""
+    from recbole_diffcl import diffusion
+
+    batch = make_batch(batch=10, shortest=2, longest=9, seed=6)
+    chosen = diffusion.choose_positions(batch["item_id_list"], 0.4, torch.Generator().manual_seed(2))
+    monkeypatch.setattr(diffusion, "choose_positions", lambda item_seq, ratio, generator=None, dense=False:
+                        chosen[:, : item_seq.size(1)])
+    monkeypatch.setattr(diffusion, "_randn", lambda n, dim, like, generator: like.new_zeros(n, dim))
+    results = []
+    for sync_free in (False, True):
+        torch.manual_seed(0)
+        model = make_model(DiffCLRec, aug_topk=1, cl_weight=0.1, **SMALL, **props,
+                           **(SYNC_FREE if sync_free else {"sync_free_steps": False}))
+        model.set_item_counts(torch.arange(model.n_items).float())
+        model.schedule.sample_timesteps = lambda n, generator=None: torch.full((n,), 3)
+        model.eval()
+        losses = model.calculate_loss(batch)
+        sum(losses).backward()
+        results.append((torch.stack([part.detach() for part in losses]),
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                        model.pop_statistics()))
+    (losses_a, grads_a, stats_a), (losses_b, grads_b, stats_b) = results
+    assert losses_a[1] > 0 and losses_a[2] > 0  # InfoNCE and NLL
+    torch.testing.assert_close(losses_b, losses_a)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], msg=name)
+    assert stats_b == pytest.approx(stats_a) and "pop_pct_replacement" in stats_a
+
+
+@pytest.mark.parametrize("props", [{}, {"aug_source": "random"}, {"aug_candidate_scores": "debiased",
+                                                                  "aug_exclude": "history", "aug_sampling": "softmax"}])
+def test_sync_free_diffclrec_step_reads_nothing_back_to_the_host(props):
+    """The whole training loss of DiffCLRec with ``sync_free_steps`` (GPU defaults: no trimming, packing or
+    sub-batches) runs without a host read; the compacted step, as the check's own control, has some."""
+    batch = make_batch(batch=10, shortest=2, longest=9, seed=6)
+    for sync_free in (True, False):
+        torch.manual_seed(0)
+        model = make_model(DiffCLRec, cl_weight=0.1, mse_weight=0.1, **SMALL, **props,
+                           **(SYNC_FREE if sync_free else {"sync_free_steps": False}))
+        model.set_item_counts(torch.arange(model.n_items).float())
+        with HostReads() as reads:
+            losses = model.calculate_loss(batch)
+        assert all(torch.isfinite(part) for part in losses)
+        assert (reads.reads == []) is sync_free, reads.reads

@@ -75,6 +75,16 @@ def per_sequence_mean(values: torch.Tensor, chosen: torch.Tensor) -> torch.Tenso
     return (per_row / chosen.sum(1).clamp(min=1)).mean()
 
 
+def chosen_mean(values: torch.Tensor, chosen: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+    """The mean of ``values`` (B x L, one per position) over the chosen positions: over all of them
+    (``token``), or within each sequence, then over the B sequences (``sequence``, as
+    :func:`per_sequence_mean`); masks only, no host read."""
+    kept = values * chosen
+    if reduction == "sequence":
+        return (kept.sum(1) / chosen.sum(1).clamp(min=1)).mean()
+    return kept.sum() / chosen.sum().clamp(min=1)
+
+
 class DiffCLRec(ContrastiveSequentialRecommender):
     r"""DiffCLRec (Cui et al., CIKM 2024 / arXiv 2405.09369) on RecBole's sequential data."""
 
@@ -217,8 +227,9 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         Returns (x0: B x L x d, x0 prediction at the chosen positions: N x d, its logits: N x n_items).
 
         Only rows with a chosen position are denoised: the others add nothing to the NLL or the views (on
-        Beauty ~40% of the rows; the same values, unless ``sync_free_steps`` keeps the batch whole, as on a
-        GPU, where selecting rows would make the host wait for the device).
+        Beauty ~40% of the rows; the same values). With ``sync_free_steps`` (no host read in the step, for a
+        GPU, where every read makes the host wait for the device) the whole batch is denoised at every
+        position: x0 prediction B x L x d and logits B x L x n_items, the chosen positions kept by masks.
         """
         table = self.diffusion_table()
         rows = None
@@ -229,11 +240,15 @@ class DiffCLRec(ContrastiveSequentialRecommender):
                 full_shape = (*item_seq.shape, table.size(1))
                 item_seq, item_seq_len, real, chosen = item_seq[rows], item_seq_len[rows], real[rows], chosen[rows]
                 t = t[rows] if t is not None else None
-        x0 = diffusion.add_context_noise(F.embedding(item_seq, table, padding_idx=0), real, self.schedule)
+        dense = self.sync_free
+        x0 = diffusion.add_context_noise(F.embedding(item_seq, table, padding_idx=0), real, self.schedule, dense=dense)
         if t is None:
             t = self.schedule.sample_timesteps(item_seq.size(0))
-        x_t = diffusion.q_sample(x0, t, chosen, self.schedule)
-        x0_pred = self.denoise_chosen(x_t, t, real, chosen, item_seq_len)  # N_chosen x d
+        x_t = diffusion.q_sample(x0, t, chosen, self.schedule, dense=dense)
+        if dense:
+            x0_pred = self.denoiser(x_t, t, real)  # B x L x d
+        else:
+            x0_pred = self.denoise_chosen(x_t, t, real, chosen, item_seq_len)  # N_chosen x d
         if rows is not None:  # back to the whole batch (chosen positions keep their row-major order)
             x0 = x0.new_zeros(full_shape).index_copy(0, rows, x0)
         return x0, x0_pred, x0_pred @ table[: self.n_items].T
@@ -266,10 +281,18 @@ class DiffCLRec(ContrastiveSequentialRecommender):
     def diffusion_losses(
         self, x0: torch.Tensor, x0_pred: torch.Tensor, logits: torch.Tensor, original: torch.Tensor, chosen: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_nll, L_mse), unweighted: CE of the x0 logits against the original items, squared error to x0."""
-        nll = F.cross_entropy(logits, original, reduction="none")
-        mse = (x0_pred - x0[chosen]).pow(2).mean(-1) if self.mse_weight > 0 else None  # mean over dims (authors)
+        """(L_nll, L_mse), unweighted: CE of the x0 logits against the original items, squared error to x0.
+        The tensors are those of the chosen positions (N ...), or of every position (B x L ...,
+        ``sync_free_steps``), of which the chosen ones count."""
+        dense = logits.dim() == 3
+        nll = F.cross_entropy(logits.flatten(0, -2), original.flatten(), reduction="none").view(original.shape)
+        mse = None
+        if self.mse_weight > 0:  # mean over dims (authors)
+            mse = (x0_pred - (x0 if dense else x0[chosen])).pow(2).mean(-1)
         zero = logits.new_zeros(())
+        if dense:
+            reduce = lambda values: chosen_mean(values, chosen, self.nll_reduction)  # noqa: E731
+            return reduce(nll), reduce(mse) if mse is not None else zero
         if self.nll_reduction == "sequence":
             return per_sequence_mean(nll, chosen), per_sequence_mean(mse, chosen) if mse is not None else zero
         return nll.mean(), mse.mean() if mse is not None else zero
@@ -305,9 +328,10 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         few-step DDIM sampler from noise), scored by :meth:`candidate_scores`, with ``aug_exclude`` applied."""
         with torch.no_grad():
             if self.aug_sampler == "reverse":
-                x0_pred = diffusion.ddim_reverse(
+                x0_pred = diffusion.ddim_reverse(  # (reads the host: not sync-free)
                     self.denoiser, x0.detach(), chosen, real, self.schedule, self.aug_reverse_steps
-                )[chosen]
+                )
+                x0_pred = x0_pred if self.sync_free else x0_pred[chosen]
                 logits = None
             elif not self.views_use_training_pass:
                 first, end = self.aug_timesteps
@@ -316,21 +340,25 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             scores = self.candidate_scores(x0_pred, logits)
             if self.aug_exclude != "none":
                 scores = scores.clone()  # never write into the training pass's logits
-                rows = chosen.nonzero(as_tuple=True)[0]
-                if self.aug_exclude == "history":  # every item of the row (its padding 0 is never a candidate)
-                    scores.scatter_(1, item_seq[rows], float("-inf"))
-                else:  # "original": never the item being replaced
-                    scores[torch.arange(rows.numel(), device=rows.device), item_seq[chosen]] = float("-inf")
+                if scores.dim() == 3:  # every position of the batch (sync_free_steps)
+                    row_items = item_seq[:, None, :].expand(-1, item_seq.size(1), -1)
+                    at = item_seq[..., None]
+                else:
+                    rows = chosen.nonzero(as_tuple=True)[0]
+                    row_items, at = item_seq[rows], item_seq[chosen][:, None]
+                # history: every item of the row (its padding 0 is never a candidate); original: the replaced one
+                scores.scatter_(-1, row_items if self.aug_exclude == "history" else at, float("-inf"))
         return scores
 
     def sample_replacements(
         self,
-        n_chosen: int,
+        shape,
         candidates: Optional[torch.Tensor] = None,
         n_views: int = 2,
         candidate_scores: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Replacement items for the chosen positions, one column per view (N x n_views).
+        """Replacement items, one column per view: ``shape`` x n_views (``shape``: N chosen positions, or a
+        tuple such as (B, L)).
 
         ``aug_source``: ``diffusion`` draws from ``candidates`` (N x k ids: the top-k of the views' scores,
         ``candidate_scores``) uniformly (``aug_sampling: topk_uniform``, the paper) or in proportion to
@@ -338,15 +366,17 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         ``popularity`` in proportion to the items' training counts (uniformly when the model has none).
         """
         device = self.item_embedding.weight.device
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if self.aug_source == "diffusion":
             if self.aug_sampling == "softmax":
                 probs = torch.softmax(candidate_scores / self.aug_temperature, dim=-1)
-                return candidates.gather(-1, torch.multinomial(probs, n_views, replacement=True))
+                picks = torch.multinomial(probs.flatten(0, -2), n_views, replacement=True)
+                return candidates.gather(-1, picks.view(*candidates.shape[:-1], n_views))
             return diffusion.sample_from_candidates(candidates, n_views)
         if self.aug_source == "popularity" and self.has_item_counts:
-            draws = torch.multinomial(self.item_counts, n_chosen * n_views, replacement=True)
-            return draws.view(n_chosen, n_views)
-        return torch.randint(1, self.n_items, (n_chosen, n_views), device=device)
+            draws = torch.multinomial(self.item_counts, math.prod(shape) * n_views, replacement=True)
+            return draws.view(*shape, n_views)
+        return torch.randint(1, self.n_items, (*shape, n_views), device=device)
 
     def record_view_statistics(
         self,
@@ -355,27 +385,36 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         denoiser_top: Optional[torch.Tensor] = None,
         sampled: Optional[torch.Tensor] = None,
         candidates: Optional[torch.Tensor] = None,
+        chosen: Optional[torch.Tensor] = None,
     ) -> None:
         """Per-epoch view diagnostics from tensors the step already has (no extra passes, no host reads).
 
         ``original``: the N items at the chosen positions; ``denoiser_top``: N x k, the denoiser's top-k
         candidates of its one-step x0 prediction in the training pass, best first; ``sampled``: N x 2, the
-        two views' replacements; ``candidates``: N x k, the ids the views drew them from.
+        two views' replacements; ``candidates``: N x k, the ids the views drew them from. With ``chosen``
+        (B x L, ``sync_free_steps``) the tensors hold every position (B x L ...) and the chosen ones count.
         """
+        def record(name: str, values: torch.Tensor, count=None) -> None:
+            if chosen is None:
+                return self.record_statistic(name, values, count)
+            mask = chosen.view(*chosen.shape, *[1] * (values.dim() - chosen.dim()))
+            per_position = values[0, 0].numel() if values.dim() > chosen.dim() else 1
+            self.record_statistic(name, values * mask, chosen.sum() * per_position if count is None else count)
+
         if denoiser_top is not None:
-            self.record_statistic("recon_top1", denoiser_top[:, 0] == original)  # original item ranked first
-            self.record_statistic("recon_topk", (denoiser_top == original[:, None]).any(1))  # among the top k
+            record("recon_top1", denoiser_top[..., 0] == original)  # original item ranked first
+            record("recon_topk", (denoiser_top == original[..., None]).any(-1))  # among the top k
         if candidates is not None and candidates is not denoiser_top:
-            self.record_statistic("view_cand_original", (candidates == original[:, None]).any(1))
+            record("view_cand_original", (candidates == original[..., None]).any(-1))
         if sampled is None:
             return
-        self.record_statistic("repl_is_original", sampled == original[:, None])  # replacement = replaced item
-        differ = sampled[:, 0] != sampled[:, 1]
-        self.record_statistic("chosen_views_differ", differ)  # share of chosen positions where views differ
-        self.record_statistic("views_differ", differ, real.sum())  # share of all real positions (as CL4SRec's)
+        record("repl_is_original", sampled == original[..., None])  # replacement = replaced item
+        differ = sampled[..., 0] != sampled[..., 1]
+        record("chosen_views_differ", differ)  # share of chosen positions where views differ
+        record("views_differ", differ, real.sum())  # share of all real positions (as CL4SRec's)
         if self.has_item_counts:  # mean popularity percentile (0 rarest, 1 most popular) of items in and out
-            self.record_statistic("pop_pct_replacement", self.item_percentiles[sampled])
-            self.record_statistic("pop_pct_original", self.item_percentiles[original])
+            record("pop_pct_replacement", self.item_percentiles[sampled])
+            record("pop_pct_original", self.item_percentiles[original])
 
     def run_denoiser(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, real: torch.Tensor, chosen: torch.Tensor
@@ -403,8 +442,8 @@ class DiffCLRec(ContrastiveSequentialRecommender):
                 scores = self.view_scores(item_seq, item_seq_len, real, chosen, x0, x0_pred, logits)
                 top = diffusion.topk_candidates(scores, self.aug_topk)
         if top is None:
-            return self.sample_replacements(int(chosen.sum())), None
-        return self.sample_replacements(top[1].size(0), top[1], candidate_scores=top[0]), top
+            return self.sample_replacements(chosen.shape if self.sync_free else int(chosen.sum())), None
+        return self.sample_replacements(top[1].shape[:-1], top[1], candidate_scores=top[0]), top
 
     def view_rec_loss(
         self, views: list[torch.Tensor], item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction
@@ -433,10 +472,13 @@ class DiffCLRec(ContrastiveSequentialRecommender):
 
         # Forward diffusion on a few chosen positions, then predict x0 from both-sided context.
         real = item_seq != 0
-        chosen = diffusion.choose_positions(item_seq, self.mask_ratio)
-        if not chosen.any():
+        chosen = diffusion.choose_positions(item_seq, self.mask_ratio, dense=self.sync_free)
+        if self.sync_free:  # every position carried along, the chosen ones kept by masks: no host read
+            original = item_seq
+        elif not chosen.any():
             return rec_loss, zero, zero, zero, zero
-        original = item_seq[chosen]
+        else:
+            original = item_seq[chosen]
         nll_loss = mse_loss = zero
         x0, x0_pred, logits, denoiser_top = self.run_denoiser(item_seq, item_seq_len, real, chosen)
         if x0 is not None and self.train_diffusion:
@@ -453,7 +495,8 @@ class DiffCLRec(ContrastiveSequentialRecommender):
                 cl_loss = self.views_contrastive_loss(views, item_seq_len, real)
             if self.aug_rec_weight > 0:
                 view_rec = self.view_rec_loss(views, item_seq, item_seq_len, interaction)
-        self.record_view_statistics(original, real, denoiser_top, sampled, candidates)
+        self.record_view_statistics(original, real, denoiser_top, sampled, candidates,
+                                    chosen if self.sync_free else None)
 
         return (
             rec_loss,
