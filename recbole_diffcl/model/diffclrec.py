@@ -284,7 +284,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         """(L_nll, L_mse), unweighted: CE of the x0 logits against the original items, squared error to x0.
         The tensors are those of the chosen positions (N ...), or of every position (B x L ...,
         ``sync_free_steps``), of which the chosen ones count."""
-        dense = logits.dim() == 3
+        dense = self.sync_free
         nll = F.cross_entropy(logits.flatten(0, -2), original.flatten(), reduction="none").view(original.shape)
         mse = None
         if self.mse_weight > 0:  # mean over dims (authors)
@@ -340,7 +340,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             scores = self.candidate_scores(x0_pred, logits)
             if self.aug_exclude != "none":
                 scores = scores.clone()  # never write into the training pass's logits
-                if scores.dim() == 3:  # every position of the batch (sync_free_steps)
+                if self.sync_free:  # every position of the batch
                     row_items = item_seq[:, None, :].expand(-1, item_seq.size(1), -1)
                     at = item_seq[..., None]
                 else:
@@ -394,12 +394,14 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         two views' replacements; ``candidates``: N x k, the ids the views drew them from. With ``chosen``
         (B x L, ``sync_free_steps``) the tensors hold every position (B x L ...) and the chosen ones count.
         """
+        n_chosen = chosen.sum() if chosen is not None else None  # once per step, on the device
+
         def record(name: str, values: torch.Tensor, count=None) -> None:
             if chosen is None:
                 return self.record_statistic(name, values, count)
             mask = chosen.view(*chosen.shape, *[1] * (values.dim() - chosen.dim()))
             per_position = values[0, 0].numel() if values.dim() > chosen.dim() else 1
-            self.record_statistic(name, values * mask, chosen.sum() * per_position if count is None else count)
+            self.record_statistic(name, values * mask, n_chosen * per_position if count is None else count)
 
         if denoiser_top is not None:
             record("recon_top1", denoiser_top[..., 0] == original)  # original item ranked first
