@@ -512,3 +512,40 @@ def test_sync_free_diffclrec_step_reads_nothing_back_to_the_host(props):
             losses = model.calculate_loss(batch)
         assert all(torch.isfinite(part) for part in losses)
         assert (reads.reads == []) is sync_free, reads.reads
+
+
+def test_fast_dropout_keeps_one_minus_p_scaled_with_the_same_gradient():
+    from recbole_diffcl.model.dropout import FastDropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000, requires_grad=True)
+    dropout = FastDropout(0.3, on=None)
+    y = dropout(x)
+    y.sum().backward()
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.003  # ~6.5 standard deviations of the share kept
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    torch.testing.assert_close(x.grad, y.detach())  # d(x * mask / (1 - p)) / dx = mask / (1 - p)
+    assert torch.equal(dropout.eval()(x), x)
+    # on a device type it does not draw for (here: CPU tensors, cuda only), it is torch's dropout, same draws
+    torch.manual_seed(1)
+    other = FastDropout(0.3, on=("cuda",))(x)
+    torch.manual_seed(1)
+    assert torch.equal(other, torch.nn.functional.dropout(x, 0.3, True))
+
+
+@pytest.mark.parametrize("setting", [True, False, "auto"])
+def test_models_draw_dropout_masks_as_fast_dropout_says(setting):
+    from recbole_diffcl.model.dropout import FastDropout
+
+    torch.manual_seed(0)
+    model = make_model(DiffCLRec, fast_dropout=setting, **SMALL)
+    reference = make_model(DiffCLRec, fast_dropout=False, **SMALL)
+    fast = [m for m in model.modules() if isinstance(m, FastDropout)]
+    torch_dropout = [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    # every dropout of the model, RecBole's encoder layers and the denoiser included, and with their own p
+    assert len(fast) + len(torch_dropout) == 14 and (len(fast) == 14) is (setting is not False)
+    assert sorted(m.p for m in fast + torch_dropout) == sorted(m.p for m in reference.modules()
+                                                                if isinstance(m, torch.nn.Dropout))
+    assert all(m.on == (None if setting is True else ("cpu",)) for m in fast)
+    assert model.state_dict().keys() == reference.state_dict().keys()  # checkpoints are interchangeable

@@ -55,7 +55,7 @@ class CL4SRec(ContrastiveSequentialRecommender):
         self.reorder_beta = config["reorder_beta"]
         self.aug_operations = tuple(config["aug_operations"] or augment.AUG_OPERATIONS)
         self.mask_token = self.n_items
-        self.apply(self._init_weights)
+        self.initialise()
 
     def make_views(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, generator: Optional[torch.Generator] = None

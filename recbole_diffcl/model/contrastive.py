@@ -18,6 +18,7 @@ from recbole.model.loss import BPRLoss
 from recbole_diffcl.data.dataloader import LOSS_START_FIELD, training_item_counts
 from recbole_diffcl.errors import UserError
 from recbole_diffcl.layers import attend_from_one_position, attend_from_positions
+from recbole_diffcl.model.dropout import use_fast_dropout
 from recbole_diffcl.model.losses import linear_cross_entropy, sampled_softmax_loss
 from recbole_diffcl.model.packing import PackedBatch
 from recbole_diffcl import properties as P
@@ -148,6 +149,7 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         "length_sorted_passes": P.positive_int_or("auto"),
         "pack_sequences": P.one_of(True, False, "auto"),
         "fused_cross_entropy": P.one_of(True, False, "auto"),
+        "fast_dropout": P.one_of(True, False, "auto"),
         "ssm_negatives": P.positive_int(),
         "ssm_distribution": P.one_of(*SSM_DISTRIBUTIONS),
     }
@@ -178,6 +180,8 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
         self.sync_free = optional_auto("sync_free_steps", on_gpu)
         # CE over all items chunk by chunk (model/losses.py): less memory traffic, which bounds a CPU step
         self.fused_cross_entropy = optional_auto("fused_cross_entropy", not on_gpu)
+        # dropout masks from a uniform draw (model/dropout.py); auto: for CPU tensors, decided per call
+        self.fast_dropout = optional("fast_dropout", "auto")
         self.length_sorted_passes = resolve_length_sorted_passes(config["length_sorted_passes"], config["device"])
         # several sequences per row for the encoder (model/packing.py): packing reads lengths on the host
         self.pack_sequences = optional_auto("pack_sequences", not on_gpu)
@@ -218,6 +222,12 @@ class ContrastiveSequentialRecommender(SequentialRecommender):
             )
 
     # -- initialisation (as RecBole's SASRec) ---------------------------------------------------------
+    def initialise(self) -> None:
+        """The last step of every model's ``__init__``, once all its layers exist: weights as RecBole's
+        SASRec, and every dropout layer's mask drawn as ``fast_dropout`` says."""
+        self.apply(self._init_weights)
+        use_fast_dropout(self, self.fast_dropout)
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             module.weight.data.normal_(mean=0.0, std=self.initializer_range)

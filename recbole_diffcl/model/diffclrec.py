@@ -169,7 +169,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         )
         if not self.share_item_embedding:  # the denoiser's own item table: its losses train only this one
             self.denoiser_item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-        self.apply(self._init_weights)
+        self.initialise()
         if self.denoiser.position == "relative":
             torch.nn.init.zeros_(self.denoiser.relative_bias.weight)  # start as plain bidirectional attention
         if not self.train_diffusion:  # views from the denoiser as initialised

@@ -84,7 +84,7 @@ class DuoRec(ContrastiveSequentialRecommender):
         prefix_rows = dataset.inter_feat if prefix_rows is None else prefix_rows
         self.register_buffer("train_item_seq", prefix_rows[self.ITEM_SEQ], persistent=False)
         self.register_buffer("train_item_seq_len", prefix_rows[self.ITEM_SEQ_LEN], persistent=False)
-        self.apply(self._init_weights)
+        self.initialise()
 
     def sample_same_target(
         self, row_ids: torch.Tensor, generator: Optional[torch.Generator] = None

@@ -27,7 +27,7 @@ class SASRecPlus(ContrastiveSequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.cl_weight = 0.0  # no contrastive term, whatever a shared property file says
-        self.apply(self._init_weights)
+        self.initialise()
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         return self.next_item_loss(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction)
