@@ -31,17 +31,14 @@ class FastDropout(nn.Dropout):
         return f"p={self.p}, on={'every device' if self.on is None else ', '.join(self.on)}"
 
 
-def use_fast_dropout(model: nn.Module, setting) -> int:
+def use_fast_dropout(model: nn.Module, setting) -> None:
     """Replace every ``nn.Dropout`` of ``model`` (its own and those inside RecBole's layers) by a
     ``FastDropout`` of the same p, for ``fast_dropout`` = ``setting``: True on every device, ``auto`` on a
-    CPU only, False none. Dropout holds no state, so checkpoints are the same either way. Returns the
-    number replaced."""
+    CPU only, False none. Dropout holds no state, so checkpoints are the same either way."""
     if setting is False:
-        return 0
+        return
     on = None if setting is True else ("cpu",)
-    targets = [name for name, module in model.named_modules() if type(module) is nn.Dropout and not module.inplace]
-    for name in targets:
+    targets = [(name, m) for name, m in model.named_modules() if type(m) is nn.Dropout and not m.inplace]
+    for name, module in targets:
         parent, _, attribute = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        setattr(owner, attribute, FastDropout(getattr(owner, attribute).p, on))
-    return len(targets)
+        setattr(model.get_submodule(parent), attribute, FastDropout(module.p, on))
