@@ -364,8 +364,10 @@ def run_multiprocess(
     check_rows_of_dataset(config)
     import torch.multiprocessing as mp
 
-    # RecBole's trainer creates checkpoint_dir with a check-then-create that races between processes
-    os.makedirs(config["checkpoint_dir"], exist_ok=True)
+    # RecBole's trainer (checkpoint_dir) and logger (./log/<model>) create their folders with a check-then-create
+    # that races between the processes: made here, once, before they start
+    for folder in (config["checkpoint_dir"], os.path.join("log", config["model"])):
+        os.makedirs(folder, exist_ok=True)
     distributed = {"world_size": world_size, "ip": ip, "port": str(port), "nproc": nproc, "offset": offset}
     try:
         mp.spawn(_process, args=(run_kwargs, distributed), nprocs=nproc, join=True)

@@ -67,3 +67,22 @@ def test_two_cpu_processes_with_whole_sequence_and_bucketed_loaders(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["processes"] == 2 and 0 <= result["test_result"]["ndcg@10"] <= 1
+
+
+def test_shared_folders_exist_before_the_processes_start(tmp_path, monkeypatch):
+    # RecBole makes ./log/<model> and checkpoint_dir with a check-then-create: two processes making them at once
+    # crashed one with FileExistsError (seen in CI), so the parent makes them before it spawns
+    import torch.multiprocessing as mp
+
+    from recbole_diffcl.quick_start import run_multiprocess
+
+    seen = {}
+
+    def spawn(fn, args, nprocs, join):
+        seen.update(log=(tmp_path / "log" / "DiffCLRec").is_dir(), saved=(tmp_path / "saved").is_dir(), n=nprocs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mp, "spawn", spawn)
+    run_multiprocess(nproc=2, model="DiffCLRec", dataset="ml-100k",
+                     config_dict={"user_inter_num_interval": "[0,25]", "show_progress": False})
+    assert seen == {"log": True, "saved": True, "n": 2}
