@@ -31,6 +31,7 @@ from recbole_diffcl.cli import parse_property_overrides  # noqa: E402
 from recbole_diffcl.data import create_dataset  # noqa: E402
 from recbole_diffcl.data.dataloader import training_loader  # noqa: E402
 from recbole_diffcl.quick_start import load_config  # noqa: E402
+from recbole_diffcl.utils import keep_freed_memory  # noqa: E402
 
 # (owner, attribute) pairs wrapped in a record_function range named after them, when they exist.
 PHASES = [
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides.setdefault("show_progress", False)
 
     model_class, config = load_config(args.model, args.dataset, None, overrides)
+    keep_freed_memory(config["keep_freed_memory"], config["device"])  # as the runner does
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, _, _ = data_preparation(config, dataset)

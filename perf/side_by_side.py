@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,12 @@ def worker(checkout: str, model: str, dataset: str, overrides: dict) -> None:
 
     props = {"show_progress": False, "state": "ERROR", "log_wandb": False, **overrides}
     model_class, config = load_config(model, dataset, None, props)
+    try:  # as the runner does (checkouts before keep_freed_memory have neither)
+        from recbole_diffcl.utils import keep_freed_memory
+
+        keep_freed_memory(config["keep_freed_memory"], config["device"])
+    except ImportError:
+        pass
     init_seed(config["seed"], config["reproducibility"])
     _, train_data, _, _ = build_data(config)
     init_seed(config["seed"], config["reproducibility"])
@@ -47,9 +54,10 @@ def worker(checkout: str, model: str, dataset: str, overrides: dict) -> None:
     print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "steps": len(train_data)}), flush=True)
     for line in sys.stdin:
         epoch = int(line.split()[1])
-        start = time.perf_counter()
+        start, faults = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         trainer._train_epoch(train_data, epoch, show_progress=False)
-        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        print(json.dumps({"seconds": time.perf_counter() - start, "page_faults": faults}), flush=True)
 
 
 class Worker:
@@ -67,10 +75,11 @@ class Worker:
             raise SystemExit(f"a worker stopped (exit {self.proc.wait()}); run it alone to see why")
         return json.loads(line)
 
-    def epoch(self, k: int) -> float:
+    def epoch(self, k: int) -> dict:
+        """Train epoch ``k``: its seconds and the worker's minor page faults in it."""
         self.proc.stdin.write(f"epoch {k}\n")
         self.proc.stdin.flush()
-        return self._read()["seconds"]
+        return self._read()
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     checkouts = {"old": Path(args.old).resolve(), "new": Path(args.new).resolve()}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in checkouts for m in models}
+    faults: dict[tuple[str, str], list[int]] = {(v, m): [] for v in checkouts for m in models}
     with tempfile.TemporaryDirectory() as tmp:
         workers = {}
         for v, path in checkouts.items():
@@ -132,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
             for m in models:
                 for v in order:
-                    seconds = workers[v, m].epoch(r)
-                    times[v, m].append(seconds)
-                    print(f"round {r + 1}/{args.rounds} {m} {v}: {seconds:.1f} s", flush=True)
+                    epoch = workers[v, m].epoch(r)
+                    times[v, m].append(epoch["seconds"])
+                    faults[v, m].append(epoch.get("page_faults", 0))
+                    print(f"round {r + 1}/{args.rounds} {m} {v}: {epoch['seconds']:.1f} s", flush=True)
         for w in workers.values():
             w.close()
 
@@ -146,13 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         f"({git_commit(checkouts['new'])}); command: `python perf/side_by_side.py "
         + " ".join(sys.argv[1:] if argv is None else argv) + "`",
         "",
-        f"| model | old s / epoch | new s / epoch | new / old | old / {models[0]} | new / {models[0]} | epochs (s), old; new |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        f"| model | old s / epoch | new s / epoch | new / old | old / {models[0]} | new / {models[0]} | "
+        "page faults / epoch, old; new | epochs (s), old; new |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in models:
         lines.append(
             f"| {m} | {median['old', m]:.1f} | {median['new', m]:.1f} | {median['new', m] / median['old', m]:.2f} | "
             f"{median['old', m] / median['old', models[0]]:.2f} | {median['new', m] / median['new', models[0]]:.2f} | "
+            f"{statistics.median(faults['old', m][1:]):,.0f}; {statistics.median(faults['new', m][1:]):,.0f} | "
             + ", ".join(f"{s:.1f}" for s in times['old', m]) + "; " + ", ".join(f"{s:.1f}" for s in times['new', m])
             + " |"
         )

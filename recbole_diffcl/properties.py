@@ -70,6 +70,7 @@ GENERAL_CHECKS: dict[str, Check] = {
     "user_rankings_file": (lambda v: v is None or isinstance(v, str), "a file path, or ~ for none"),
     "train_keep_ratio": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "fused_optimizer": one_of(True, False, "auto"),
+    "keep_freed_memory": one_of(True, False, "auto"),
 }
 
 

@@ -46,7 +46,7 @@ from recbole_diffcl.properties import validate_properties
 from recbole_diffcl.resume import LATEST, resumable
 from recbole_diffcl.trainer import get_trainer, plain
 from recbole_diffcl.model import get_model
-from recbole_diffcl.utils import atomic_write, code_version, machine_description
+from recbole_diffcl.utils import atomic_write, code_version, keep_freed_memory, machine_description
 
 
 # RecBole 1.2.1 fills missing values with pandas' chained inplace fillna, which pandas 2.2 flags with
@@ -270,6 +270,7 @@ def run(
     check_dataset(config)
     check_rows_of_dataset(config)
 
+    keep_freed_memory(config["keep_freed_memory"], config["device"])
     init_seed(config["seed"], config["reproducibility"])
     prepared = load_checked_data(config)  # before the log file: a dataset too short to split writes nothing
     lead = config["local_rank"] + (config["offset"] or 0) == 0  # the process that reports (all, when single)

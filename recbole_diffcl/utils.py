@@ -139,3 +139,36 @@ def code_version() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+changes" if dirty else "")
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: freed blocks up to this size stay with the process (and no free memory is returned below it)
+KEPT_MEMORY_BYTES = 1 << 30
+
+
+def keep_freed_memory(setting: Any, device: Any) -> bool:
+    """``keep_freed_memory``: have glibc's allocator keep freed memory for the process's next allocations.
+
+    By default glibc serves a block above its mmap threshold (at most 32 MiB) with a fresh mapping and returns it
+    to the system when it is freed, and trims the heap's free top: a training step on a CPU allocates the same
+    large tensors (logits, attention scores, gradients) every step, so their pages were faulted in and zeroed
+    again each time (~12,000 page faults per Beauty step, perf/memory_reuse.py). Blocks up to
+    ``KEPT_MEMORY_BYTES`` then come from the heap, which is never trimmed below that: the same values, the same
+    peak memory; the process's memory does not shrink after its peak. ``auto``: on for a CPU device (a GPU's
+    tensors use CUDA's caching allocator). Returns whether the allocator was changed (False also where the C
+    library is not glibc). It applies to the whole process and stays.
+    """
+    import ctypes
+    import ctypes.util
+
+    import torch
+
+    if setting is False or (setting == "auto" and torch.device(device).type != "cpu"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, KEPT_MEMORY_BYTES) and mallopt(_M_TRIM_THRESHOLD, KEPT_MEMORY_BYTES))

@@ -1,13 +1,17 @@
 """Speed options leave what the models compute unchanged: length-sorted passes (bucketing: test_dataloader)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from recbole_diffcl.model.cl4srec import CL4SRec
 from recbole_diffcl.model.contrastive import ContrastiveSequentialRecommender
 from recbole_diffcl.model.diffclrec import DiffCLRec
-from tests.conftest import make_batch, make_model
+from tests.conftest import ROOT, make_batch, make_model
 
 SMALL = dict(hidden_size=16, inner_size=32, n_layers=2, n_heads=2)
 
@@ -549,3 +553,41 @@ def test_models_draw_dropout_masks_as_fast_dropout_says(setting):
                                                                 if isinstance(m, torch.nn.Dropout))
     assert all(m.on == (None if setting is True else ("cpu",)) for m in fast)
     assert model.state_dict().keys() == reference.state_dict().keys()  # checkpoints are interchangeable
+
+
+_PAGE_FAULTS_OF_STEPS = """
+import resource, sys, torch
+from recbole_diffcl.utils import keep_freed_memory
+changed = keep_freed_memory(sys.argv[1] == "on", "cpu")
+torch.manual_seed(0)
+w, x = torch.randn(256, 4096, requires_grad=True), torch.randn(2048, 256)
+def step():  # 2048 x 4096 logits (32 MiB) and their gradient, as a step's CE over a catalog makes
+    torch.log_softmax(x @ w, -1).mean().backward()
+step()
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(changed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator: Linux only")
+def test_keep_freed_memory_reuses_freed_blocks_instead_of_faulting_pages_in_again():
+    def faults(setting: str) -> tuple[str, int]:
+        proc = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_OF_STEPS, setting], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+        changed, count = proc.stdout.split()
+        return changed, int(count)
+
+    (changed_off, off), (changed_on, on) = faults("off"), faults("on")
+    if changed_on != "True":
+        pytest.skip("the C library is not glibc (no mallopt)")
+    assert changed_off == "False"
+    assert off > 10 * 8192  # glibc's default: each step's 32 MiB blocks mapped and faulted in again (~330k here)
+    assert on < off / 3, (on, off)  # (~47k here: most of a step's memory reused)
+
+
+def test_keep_freed_memory_auto_leaves_a_gpu_alone_and_false_changes_nothing():
+    from recbole_diffcl.utils import keep_freed_memory
+
+    assert keep_freed_memory("auto", "cuda") is False and keep_freed_memory(False, "cpu") is False
