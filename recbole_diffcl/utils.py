@@ -160,15 +160,13 @@ def keep_freed_memory(setting: Any, device: Any) -> bool:
     library is not glibc). It applies to the whole process and stays.
     """
     import ctypes
-    import ctypes.util
 
     import torch
 
     if setting is False or (setting == "auto" and torch.device(device).type != "cpu"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError, TypeError):  # no mallopt (macOS), or no C library to load this way (Windows)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, KEPT_MEMORY_BYTES) and mallopt(_M_TRIM_THRESHOLD, KEPT_MEMORY_BYTES))
