@@ -51,7 +51,8 @@ def probability(upper_open: bool = False) -> Check:
 
 
 def one_of(*choices: Any) -> Check:
-    return (lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
+    # compared with their types too: 0 and 1 are not False and True
+    return (lambda v: any(v == c and type(v) is type(c) for c in choices), "one of " + ", ".join(repr(c) for c in choices))
 
 
 def boolean() -> Check:

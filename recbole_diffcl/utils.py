@@ -142,7 +142,7 @@ def code_version() -> Optional[str]:
 
 
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 #: freed blocks up to this size stay with the process (and no free memory is returned below it)
 KEPT_MEMORY_BYTES = 1 << 30
 
@@ -153,20 +153,24 @@ def keep_freed_memory(setting: Any, device: Any) -> bool:
     By default glibc serves a block above its mmap threshold (at most 32 MiB) with a fresh mapping and returns it
     to the system when it is freed, and trims the heap's free top: a training step on a CPU allocates the same
     large tensors (logits, attention scores, gradients) every step, so their pages were faulted in and zeroed
-    again each time (~12,000 page faults per Beauty step, perf/memory_reuse.py). Blocks up to
-    ``KEPT_MEMORY_BYTES`` then come from the heap, which is never trimmed below that: the same values, the same
-    peak memory; the process's memory does not shrink after its peak. ``auto``: on for a CPU device (a GPU's
-    tensors use CUDA's caching allocator). Returns whether the allocator was changed (False also where the C
-    library is not glibc). It applies to the whole process and stays.
+    again each time (~600,000 page faults per Beauty epoch: perf/side_by_side.py, docs/speed.md). Blocks up to
+    ``KEPT_MEMORY_BYTES`` then come from the heap, which is never trimmed below that: the same values; the
+    process's memory does not shrink after its peak. glibc before 2.35 refuses mmap thresholds above 32 MiB:
+    there no block is mapped at all (``M_MMAP_MAX`` 0). ``auto``: on for a CPU device (a GPU's tensors use
+    CUDA's caching allocator); True: on; False: left as it is. Returns whether the allocator was changed (False
+    where the C library has no ``mallopt`` or refuses it). It applies to the whole process and stays: a later
+    run in the same process with False does not undo it.
     """
     import ctypes
 
     import torch
 
-    if setting is False or (setting == "auto" and torch.device(device).type != "cpu"):
+    on = torch.device(device).type == "cpu" if setting == "auto" else setting is True
+    if not on:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, AttributeError, TypeError):  # no mallopt (macOS), or no C library to load this way (Windows)
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, KEPT_MEMORY_BYTES) and mallopt(_M_TRIM_THRESHOLD, KEPT_MEMORY_BYTES))
+    mapped_above = mallopt(_M_MMAP_THRESHOLD, KEPT_MEMORY_BYTES) or mallopt(_M_MMAP_MAX, 0)
+    return bool(mapped_above and mallopt(_M_TRIM_THRESHOLD, KEPT_MEMORY_BYTES))
