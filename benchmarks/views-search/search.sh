@@ -12,6 +12,8 @@ models+=",context-viewrec=DiffCLRec:$V/context.yaml+$V/view-rec.yaml"
 models+=",context-cl0.1=DiffCLRec:$V/context.yaml+$V/cl-paper-weight.yaml"
 models+=",context-mask0.3=DiffCLRec:$V/context.yaml+$V/mask-0.3.yaml"
 models+=",viewrec-nocl=DiffCLRec:$V/view-rec.yaml+$V/no-cl.yaml"
+# its control: the same extra sequences with popularity-drawn replacements (the denoiser and its NLL still train)
+models+=",viewrec-nocl-popularity=DiffCLRec:$V/view-rec.yaml+$V/no-cl.yaml+props/ablation/aug_source-popularity.yaml"
 models+=",DiffCLRec"
 models+=",debiased=DiffCLRec:$V/debiased.yaml"
 models+=",context-every=DiffCLRec:$V/context.yaml+$V/cl-every.yaml"
