@@ -86,12 +86,6 @@ class Worker:
         self.proc.wait()
 
 
-def median_faults(counts: list) -> str:
-    """The median page faults of the measured epochs (the first is warm-up), or n/a where a worker gave none."""
-    measured = [c for c in counts[1:] if c is not None]
-    return f"{statistics.median(measured):,.0f}" if measured else "n/a"
-
-
 def git_commit(checkout: Path) -> str:
     """The checkout's commit, with "+ uncommitted changes" when its tracked files differ from it."""
     def git(*args: str) -> str:
@@ -134,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     checkouts = {"old": Path(args.old).resolve(), "new": Path(args.new).resolve()}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in checkouts for m in models}
-    faults: dict[tuple[str, str], list] = {(v, m): [] for v in checkouts for m in models}
+    faults: dict[tuple[str, str], list[int]] = {(v, m): [] for v in checkouts for m in models}
     with tempfile.TemporaryDirectory() as tmp:
         workers = {}
         for v, path in checkouts.items():
@@ -150,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 for v in order:
                     epoch = workers[v, m].epoch(r)
                     times[v, m].append(epoch["seconds"])
-                    faults[v, m].append(epoch.get("page_faults"))  # None from a checkout that does not count them
+                    faults[v, m].append(epoch["page_faults"])  # (every worker runs this script's worker())
                     print(f"round {r + 1}/{args.rounds} {m} {v}: {epoch['seconds']:.1f} s", flush=True)
         for w in workers.values():
             w.close()
@@ -171,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {m} | {median['old', m]:.1f} | {median['new', m]:.1f} | {median['new', m] / median['old', m]:.2f} | "
             f"{median['old', m] / median['old', models[0]]:.2f} | {median['new', m] / median['new', models[0]]:.2f} | "
-            f"{median_faults(faults['old', m])}; {median_faults(faults['new', m])} | "
+            f"{statistics.median(faults['old', m][1:]):,.0f}; {statistics.median(faults['new', m][1:]):,.0f} | "
             + ", ".join(f"{s:.1f}" for s in times['old', m]) + "; " + ", ".join(f"{s:.1f}" for s in times['new', m])
             + " |"
         )
