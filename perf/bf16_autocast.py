@@ -29,6 +29,8 @@ from recbole_diffcl.cli import parse_property_overrides  # noqa: E402
 from recbole_diffcl.quick_start import build_data, load_config  # noqa: E402
 from recbole_diffcl.utils import keep_freed_memory  # noqa: E402
 
+WARMUP = 5  # steps each way before timing
+
 
 def step_times(model_name: str, dataset: str, scope: str, steps: int, overrides: dict) -> tuple[float, float]:
     """(float32, bf16) seconds per training step of ``model_name``."""
@@ -39,7 +41,7 @@ def step_times(model_name: str, dataset: str, scope: str, steps: int, overrides:
     model = model_class(config, train_data._dataset).to(config["device"])
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
-    batches = [b.to(config["device"]) for b in itertools.islice(iter(train_data), steps + 5)]
+    batches = [b.to(config["device"]) for b in itertools.islice(iter(train_data), WARMUP + steps)]
     if scope == "encoder":  # the next-item loss (the fused CE) leaves autocast, in float32
         every_position_loss = model.every_position_loss
 
@@ -57,17 +59,17 @@ def step_times(model_name: str, dataset: str, scope: str, steps: int, overrides:
         loss.backward()
         optimizer.step()
 
-    for batch in batches[:5]:  # warm-up, both ways
+    for batch in batches[:WARMUP]:  # both ways
         step(batch, False)
         step(batch, True)
     seconds = {False: 0.0, True: 0.0}
-    for i, batch in enumerate(batches[5:]):
+    timed = batches[WARMUP:]
+    for i, batch in enumerate(timed):
         for bf16 in (False, True) if i % 2 == 0 else (True, False):
             start = time.perf_counter()
             step(batch, bf16)
             seconds[bf16] += time.perf_counter() - start
-    n = len(batches) - 5
-    return seconds[False] / n, seconds[True] / n
+    return seconds[False] / len(timed), seconds[True] / len(timed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     except (AttributeError, RuntimeError):
         native = "unknown"
     print(f"bf16 autocast ({args.scope}) on {args.dataset}, {torch.get_num_threads()} threads, native bf16: {native}")
-    first = None
-    for name in args.models.split(","):
+    models, first = args.models.split(","), None
+    for name in models:
         fp32, bf16 = step_times(name, args.dataset, args.scope, args.steps, overrides)
         first = first or (fp32, bf16)
         print(f"{name}: float32 {fp32 * 1e3:.1f} ms/step, bf16 {bf16 * 1e3:.1f} ms/step, bf16 / float32 "
-              f"{bf16 / fp32:.2f}; over {args.models.split(',')[0]}: float32 {fp32 / first[0]:.2f}, "
+              f"{bf16 / fp32:.2f}; over {models[0]}: float32 {fp32 / first[0]:.2f}, "
               f"bf16 {bf16 / first[1]:.2f}", flush=True)
     return 0
 
