@@ -30,7 +30,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -96,6 +96,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     parser.add_argument("--summary_only", action="store_true",
                         help="start no run: summarise the runs of --models x --seeds already finished in --out "
                         "(a campaign's table so far)")
+    parser.add_argument("--runs_from", default=None,
+                        help="comma-separated benchmark folders made with the same dataset, --config_files and "
+                        "properties: a run finished there (same label and seed) counts here and is not run again "
+                        "(e.g. an ablation folder taking the main table's reference runs)")
     parser.add_argument("--parallel", type=int, default=1,
                         help="runs at a time (default 1; e.g. 8 on a GPU, which trains several small models at once)")
     args, rest = parser.parse_known_args(list(argv))
@@ -103,7 +107,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     return args, parse_property_overrides(parser, rest, RESERVED, fix)
 
 
-LIST_EXAMPLES = {"models": "SASRec,CL4SRec,DuoRec,DiffCLRec", "seeds": "2020,2021,2022"}
+LIST_EXAMPLES = {"models": "SASRec,CL4SRec,DuoRec,DiffCLRec", "seeds": "2020,2021,2022",
+                 "runs_from": "docs/results/amazon-beauty"}
 
 
 def _split_list(text: str, what: str) -> list[str]:
@@ -179,31 +184,43 @@ def _contents(recorded: dict) -> dict:
     }
 
 
+def _settings(dataset: str, config_files: list[str], overrides: dict[str, str]) -> dict:
+    return {"dataset": dataset, "config_files": _digests(config_files), "overrides": overrides}
+
+
+def _configurations(entries: Sequence[ModelEntry]) -> dict:
+    return {e.label: {"model": e.model, "config_files": _digests(e.config_files)} for e in entries}
+
+
+def _recorded(folder: Path) -> Optional[dict]:
+    """A benchmark folder's recorded settings (``benchmark.json``): None for no (or an unreadable) file, {} for
+    a file that is not a benchmark's."""
+    path = folder / "benchmark.json"
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _changed_configurations(earlier: dict, configurations: dict) -> list[str]:
+    return [label for label in configurations
+            if label in earlier and _contents(earlier[label]) != _contents(configurations[label])]
+
+
 def check_settings(
     out: Path, dataset: str, config_files: list[str], overrides: dict[str, str], entries: Sequence[ModelEntry] = ()
 ) -> None:
     """Refuse to mix runs made with other settings into one folder (models and seeds may change, but a
     label keeps its model and files)."""
-    settings = {
-        "dataset": dataset,
-        "config_files": _digests(config_files),
-        "overrides": overrides,
-    }
-    configurations = {
-        e.label: {"model": e.model, "config_files": _digests(e.config_files)}
-        for e in entries
-    }
-    path = out / "benchmark.json"
-    if path.is_file():
-        try:
-            before = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            before = None
-        earlier = (before or {}).pop("configurations", {}) if isinstance(before, dict) else {}
-        changed = [
-            label for label in configurations
-            if label in earlier and _contents(earlier[label]) != _contents(configurations[label])
-        ]
+    settings = _settings(dataset, config_files, overrides)
+    configurations = _configurations(entries)
+    before = _recorded(out)
+    if before is not None:
+        earlier = before.pop("configurations", {})
+        changed = _changed_configurations(earlier, configurations)
         if changed:
             raise UserError(
                 f"{out} holds runs of {', '.join(changed)} made with another model or other property files "
@@ -211,14 +228,47 @@ def check_settings(
                 f"for the changed configuration."
             )
         configurations = {**earlier, **configurations}
-        if before is not None and (not isinstance(before, dict) or _contents(before) != _contents(settings)):
+        if _contents(before) != _contents(settings):
             raise UserError(
                 f"{out} holds runs made with other settings (before: {json.dumps(before)}; now: "
                 f"{json.dumps(settings)}). Fix: use another --out for the new settings, or repeat the earlier "
                 f"dataset, --config_files (unchanged) and --key=value properties to continue that benchmark."
             )
-    with atomic_write(path) as f:  # a cut-off file would later read as "no settings" and accept any
+    with atomic_write(out / "benchmark.json") as f:  # a cut-off file would later read as "no settings" and accept any
         json.dump({**settings, "configurations": configurations}, f, indent=2)
+
+
+def check_runs_from(
+    folders: Sequence[Path], dataset: str, config_files: list[str], overrides: dict[str, str],
+    entries: Sequence[ModelEntry],
+) -> None:
+    """Refuse a ``--runs_from`` folder whose runs were made with other settings than this benchmark's."""
+    settings = _settings(dataset, config_files, overrides)
+    for folder in folders:
+        recorded = _recorded(folder)
+        if recorded is None:
+            raise UserError(f"--runs_from: {folder} is not a benchmark folder (no readable benchmark.json). Fix: "
+                            f"name a folder that an earlier `python -m recbole_diffcl.benchmark --out=...` wrote.")
+        changed = _changed_configurations(recorded.pop("configurations", {}), _configurations(entries))
+        if changed or _contents(recorded) != _contents(settings):
+            what = f"runs of {', '.join(changed)} with another model or other files" if changed else "other settings"
+            raise UserError(
+                f"--runs_from: {folder} holds {what} (its settings: {json.dumps(recorded)}; here: "
+                f"{json.dumps(settings)}), so its runs cannot stand for this benchmark's. Fix: drop it from "
+                f"--runs_from, or repeat its dataset, --config_files and --key=value properties.")
+
+
+def locate_finished(specs: list[RunSpec], dataset: str, folders: Sequence[Path]) -> list[RunSpec]:
+    """Each run as found: here when it finished here (or is still to run), else in the first of ``folders``
+    where the same label and seed finished."""
+    located = []
+    for spec in specs:
+        if load_finished(spec, dataset) is None:
+            spec = next((other for folder in folders
+                         if load_finished(other := replace(spec, runs_dir=folder / "runs"), dataset) is not None),
+                        spec)
+        located.append(spec)
+    return located
 
 
 def run_all(
@@ -345,10 +395,17 @@ def benchmark(argv: Sequence[str]) -> int:
         load_config(entry.model, args.dataset, [*config_files, *entry.config_files], dict(overrides))
 
     out = Path(args.out).resolve()
+    folders = [Path(f).resolve() for f in _split_list(args.runs_from, "runs_from")] if args.runs_from else []
+    check_runs_from(folders, args.dataset, config_files, overrides, entries)
     check_settings(out, args.dataset, config_files, overrides, entries)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     specs = [RunSpec(e.label, seed, runs_dir, e.model, e.config_files) for seed in seeds for e in entries]
+    if folders:
+        specs = locate_finished(specs, args.dataset, folders)
+        taken = [f"{spec.name} ({spec.runs_dir.parent})" for spec in specs if spec.runs_dir != runs_dir]
+        if taken:
+            print(f"--runs_from: {len(taken)} finished run(s) taken from other folders: {', '.join(taken)}")
     try:
         if args.summary_only:
             results = {spec.name: r for spec in specs if (r := load_finished(spec, args.dataset)) is not None}

@@ -156,6 +156,44 @@ def test_failed_runs_are_reported_and_redone(tmp_path, monkeypatch, capsys):
     assert "other_users" not in frame.columns
 
 
+def test_runs_from_takes_finished_runs_from_another_folder(tmp_path, monkeypatch, capsys):
+    # The main table's folder: SASRec and DiffCLRec, seeds 1-2.
+    table, ablation = tmp_path / "table", tmp_path / "ablation"
+    monkeypatch.setattr(benchmark, "execute", _fake_execute(fail=set()))
+    assert benchmark.main(["--models=SASRec,DiffCLRec", "--seeds=1,2", f"--out={table}"]) == 0
+    capsys.readouterr()
+
+    # An ablation folder runs only its own variant and takes the reference runs from the table, in place.
+    started = []
+    fake = _fake_execute(fail=set())
+    monkeypatch.setattr(benchmark, "execute", lambda cmd, *a, **k: started.append(cmd) or fake(cmd, *a, **k))
+    args = ["--models=DiffCLRec,DiffCLRec-x=DiffCLRec:" + str(ROOT / "props/ablation/cl_weight-0.yaml"), "--seeds=1,2",
+            f"--out={ablation}", f"--runs_from={table}", "--reference=DiffCLRec"]
+    assert benchmark.main(args) == 0
+    out = capsys.readouterr().out
+    assert len(started) == 2 and all("--model=DiffCLRec" in cmd for cmd in started)
+    assert "2 finished run(s) taken from other folders: DiffCLRec-1" in out
+    assert sorted(p.name for p in (ablation / "runs").glob("*.json")) == ["DiffCLRec-x-1.json", "DiffCLRec-x-2.json"]
+    frame = pd.read_csv(ablation / "results.csv")
+    assert sorted(frame["model"]) == ["DiffCLRec", "DiffCLRec", "DiffCLRec-x", "DiffCLRec-x"]
+    table_frame = pd.read_csv(table / "results.csv")
+    assert (frame[frame["model"] == "DiffCLRec"]["ndcg@10"].values
+            == table_frame[table_frame["model"] == "DiffCLRec"]["ndcg@10"].values).all()
+    assert "DiffCLRec-x" in (ablation / "summary.md").read_text()
+
+    # A folder made with other settings, or no benchmark folder at all, is refused before any run.
+    started.clear()
+    fresh = [a if not a.startswith("--out=") else f"--out={tmp_path / 'fresh'}" for a in args]
+    assert benchmark.main([*fresh, "--learning_rate=0.01"]) == 2
+    assert "--runs_from: " + str(table) + " holds other settings" in capsys.readouterr().err
+    assert benchmark.main([*fresh[:-2], f"--runs_from={tmp_path / 'nowhere'}"]) == 2
+    assert "not a benchmark folder" in capsys.readouterr().err
+    relabelled = [a if not a.startswith("--models=") else "--models=SASRec=DiffCLRec" for a in fresh]
+    assert benchmark.main(relabelled) == 2
+    assert "holds runs of SASRec with another model" in capsys.readouterr().err
+    assert not started and not (tmp_path / "fresh").exists()
+
+
 def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
     assert benchmark.main(["--models=SASRec,NoSuchModel", f"--out={tmp_path}"]) == 2
     assert "Unknown model 'NoSuchModel'" in capsys.readouterr().err
