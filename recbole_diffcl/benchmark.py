@@ -258,32 +258,38 @@ def check_runs_from(
                 f"--runs_from, or repeat its dataset, --config_files and --key=value properties.")
 
 
-def locate_finished(specs: list[RunSpec], dataset: str, folders: Sequence[Path]) -> list[RunSpec]:
-    """Each run as found: here when it finished here (or is still to run), else in the first of ``folders``
-    where the same label and seed finished."""
-    located = []
+def locate_finished(
+    specs: list[RunSpec], dataset: str, folders: Sequence[Path] = ()
+) -> tuple[list[RunSpec], dict[str, Optional[dict]]]:
+    """Each run as found, with its result (None: still to run): here when it finished here, else in the first
+    of ``folders`` where the same label and seed finished. Each result file is read once."""
+    located, finished = [], {}
     for spec in specs:
-        if load_finished(spec, dataset) is None:
-            spec = next((other for folder in folders
-                         if load_finished(other := replace(spec, runs_dir=folder / "runs"), dataset) is not None),
-                        spec)
+        result = load_finished(spec, dataset)
+        for folder in folders:
+            if result is not None:
+                break
+            other = replace(spec, runs_dir=folder / "runs")
+            if (result := load_finished(other, dataset)) is not None:
+                spec = other
         located.append(spec)
-    return located
+        finished[spec.name] = result
+    return located, finished
 
 
 def run_all(
     specs: list[RunSpec],
+    finished: dict[str, Optional[dict]],
     dataset: str,
     config_files: list[str],
     overrides: dict[str, str],
     verbose: bool,
     parallel: int = 1,
 ) -> tuple[dict[str, dict], list[RunSpec]]:
-    """Run what is not finished yet (``parallel`` runs at a time), with progress and ETA; return finished
-    results and failed runs."""
+    """Run what is not finished yet (``finished``: each run's result or None, from :func:`locate_finished`),
+    ``parallel`` runs at a time, with progress and ETA; return finished results and failed runs."""
     results: dict[str, dict] = {}
     failed: list[RunSpec] = []
-    finished = {spec.name: load_finished(spec, dataset) for spec in specs}  # each result file read once
     pending = [(i, spec) for i, spec in enumerate(specs, 1) if finished[spec.name] is None]
     executed_seconds: list[float] = []
     n = len(specs)
@@ -401,19 +407,19 @@ def benchmark(argv: Sequence[str]) -> int:
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     specs = [RunSpec(e.label, seed, runs_dir, e.model, e.config_files) for seed in seeds for e in entries]
+    specs, finished = locate_finished(specs, args.dataset, folders)
     if folders:
-        specs = locate_finished(specs, args.dataset, folders)
         taken = [f"{spec.name} ({spec.runs_dir.parent})" for spec in specs if spec.runs_dir != runs_dir]
         if taken:
             print(f"--runs_from: {len(taken)} finished run(s) taken from other folders: {', '.join(taken)}")
     try:
         if args.summary_only:
-            results = {spec.name: r for spec in specs if (r := load_finished(spec, args.dataset)) is not None}
+            results = {name: r for name, r in finished.items() if r is not None}
             failed = []
             print(f"{len(specs)} runs: {len(results)} finished, summarised; the others not started (--summary_only)")
         else:
             with interruptible():
-                results, failed = run_all(specs, args.dataset, config_files, overrides, args.verbose,
+                results, failed = run_all(specs, finished, args.dataset, config_files, overrides, args.verbose,
                                           max(1, args.parallel))
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to continue (an interrupted run "
