@@ -430,7 +430,8 @@ def benchmark(argv: Sequence[str]) -> int:
     command = "python -m recbole_diffcl.benchmark " + shlex.join(list(argv))
     if table.rows:
         write_csv(table, out / "results.csv")
-        write_plot(table, models, out / "summary.png", f"{args.dataset}: mean ± std over seeds")
+        write_plot(table, models, out / "summary.png", f"{args.dataset}: each seed (dots), mean ± std over seeds",
+                   reference=args.reference)
         write_summary(
             table, out / "summary.md", dataset=args.dataset, models=models, seeds=seeds, reference=args.reference,
             failed=failed, command=command, png_name="summary.png",

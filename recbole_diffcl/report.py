@@ -491,8 +491,11 @@ def _plot_metric(table: Table, prefix: str) -> Optional[str]:
     return next((m for m in table.metrics if m.startswith(prefix + "@")), None)
 
 
-def write_plot(table: Table, models: list[str], path: Path, title: str) -> bool:
-    """Bar charts with error bars (standard deviation over seeds): NDCG@10, Hit@10, seconds per epoch."""
+def summary_figure(table: Table, models: list[str], title: str, reference: Optional[str] = None):
+    """The summary's figure: NDCG@10 and Hit@10 per model as each seed's value (small dots) and the mean ± std
+    over seeds (a marker with error bars), on an axis fitted to the values rather than from 0 (models a few
+    percent apart look alike on bars from 0), with the reference model's mean as a dashed line; then the
+    seconds per training epoch as bars (from 0)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -503,19 +506,36 @@ def write_plot(table: Table, models: list[str], path: Path, title: str) -> bool:
     panels.append(("seconds_per_epoch", "seconds per training epoch"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (column, label) in zip(axes, panels):
-        means, stds = [], []
-        for model in present:
-            values = list(_values(table, model, column).values())
-            mean, std = mean_std(values) if values else (0.0, None)
-            means.append(mean)
-            stds.append(std or 0.0)
-        ax.bar(range(len(present)), means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(present))])
+        stats = []
+        for i, model in enumerate(present):
+            values = [v for v in _values(table, model, column).values() if not _isnan(v)]
+            mean, std = mean_std(values) if values else (float("nan"), None)
+            stats.append((mean, std or 0.0))
+            if column != "seconds_per_epoch" and values:
+                offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
+                ax.plot([i + o for o in offsets], values, ".", color=f"C{i}", alpha=0.45, markersize=5)
+                ax.errorbar([i], [mean], yerr=[std or 0.0], fmt="o", color=f"C{i}", capsize=4, markersize=6)
+        if column == "seconds_per_epoch":
+            ax.bar(range(len(present)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
+                   color=[f"C{i}" for i in range(len(present))])
+            ax.set_title(f"{label}\n(as each run went: machines and load may differ)", fontsize="medium")
+        else:
+            if reference in present and not _isnan(stats[present.index(reference)][0]):
+                ax.axhline(stats[present.index(reference)][0], color="0.4", linestyle="--", linewidth=1)
+            ax.set_title(f"{label} (axis not from 0)")
         ax.set_xticks(range(len(present)))
         ax.set_xticklabels(present, rotation=30, ha="right")
-        ax.set_title(label)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def write_plot(table: Table, models: list[str], path: Path, title: str, reference: Optional[str] = None) -> bool:
+    """:func:`summary_figure` written to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = summary_figure(table, models, title, reference)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True

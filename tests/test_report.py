@@ -53,3 +53,28 @@ def test_sparsity_curve_from_benchmark_folders(tmp_path):
     assert "| A |" not in (out / "summary.md").read_text()
     assert report.main(["--curve", str(out), "half=x"]) == 2
     assert report.main(["--curve", str(out), f"0.25={tmp_path / 'missing'}"]) == 2
+
+
+def test_summary_figure_shows_seeds_on_a_fitted_axis_with_the_reference_line():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    rows = [
+        {"model": model, "seed": seed, "ndcg@10": ndcg, "hit@10": ndcg * 1.6, "seconds_per_epoch": 30.0 + seed}
+        for model, values in (("A", (0.0563, 0.0557, 0.0565)), ("B", (0.0573, 0.0569, 0.0576)))
+        for seed, ndcg in enumerate(values)
+    ]
+    table = report.Table(rows=rows, metrics=["ndcg@10", "hit@10"])
+    fig = report.summary_figure(table, ["A", "B"], "t", reference="A")
+    ndcg, hit, seconds = fig.axes
+    low, high = ndcg.get_ylim()
+    # models 2% apart: the axis spans the values, not 0 to the top (where they would look alike)
+    assert 0.05 < low < 0.0557 and 0.0576 < high < 0.06
+    assert 0.05 * 1.6 < hit.get_ylim()[0]
+    assert seconds.get_ylim()[0] == 0  # the cost panel keeps bars from 0
+    # each seed as a dot, and the reference model's mean as a horizontal line
+    dots = sorted(y for line in ndcg.lines if len(line.get_ydata()) == 3 for y in line.get_ydata())
+    assert dots == pytest.approx(sorted(r["ndcg@10"] for r in rows))
+    flat = [line for line in ndcg.lines if len(set(line.get_ydata())) == 1 and len(line.get_xdata()) == 2]
+    assert [line.get_ydata()[0] for line in flat] == pytest.approx([np.mean([0.0563, 0.0557, 0.0565])])
+    plt.close(fig)
