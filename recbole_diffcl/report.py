@@ -508,7 +508,7 @@ def summary_figure(table: Table, models: list[str], title: str, reference: Optio
     for ax, (column, label) in zip(axes, panels):
         stats = []
         for i, model in enumerate(present):
-            values = [v for v in _values(table, model, column).values() if not _isnan(v)]
+            values = list(_values(table, model, column).values())
             mean, std = mean_std(values) if values else (float("nan"), None)
             stats.append((mean, std or 0.0))
             if column != "seconds_per_epoch" and values:
