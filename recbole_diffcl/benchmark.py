@@ -266,12 +266,11 @@ def locate_finished(
     located, finished = [], {}
     for spec in specs:
         result = load_finished(spec, dataset)
-        for folder in folders:
-            if result is not None:
-                break
+        for folder in folders if result is None else ():
             other = replace(spec, runs_dir=folder / "runs")
             if (result := load_finished(other, dataset)) is not None:
                 spec = other
+                break
         located.append(spec)
         finished[spec.name] = result
     return located, finished

@@ -506,20 +506,18 @@ def summary_figure(table: Table, models: list[str], title: str, reference: Optio
     panels.append(("seconds_per_epoch", "seconds per training epoch"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (column, label) in zip(axes, panels):
-        stats = []
-        for i, model in enumerate(present):
-            values = list(_values(table, model, column).values())
-            mean, std = mean_std(values) if values else (float("nan"), None)
-            stats.append((mean, std or 0.0))
-            if column != "seconds_per_epoch" and values:
-                offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
-                ax.plot([i + o for o in offsets], values, ".", color=f"C{i}", alpha=0.45, markersize=5)
-                ax.errorbar([i], [mean], yerr=[std or 0.0], fmt="o", color=f"C{i}", capsize=4, markersize=6)
+        per_model = [list(_values(table, model, column).values()) for model in present]
+        stats = [mean_std(values) if values else (float("nan"), None) for values in per_model]
         if column == "seconds_per_epoch":
-            ax.bar(range(len(present)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
-                   color=[f"C{i}" for i in range(len(present))])
+            ax.bar(range(len(present)), [mean for mean, _ in stats], yerr=[std or 0.0 for _, std in stats],
+                   capsize=4, color=[f"C{i}" for i in range(len(present))])
             ax.set_title(f"{label}\n(as each run went: machines and load may differ)", fontsize="medium")
         else:
+            for i, (values, (mean, std)) in enumerate(zip(per_model, stats)):
+                if values:
+                    offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
+                    ax.plot([i + o for o in offsets], values, ".", color=f"C{i}", alpha=0.45, markersize=5)
+                    ax.errorbar([i], [mean], yerr=[std or 0.0], fmt="o", color=f"C{i}", capsize=4, markersize=6)
             if reference in present and not _isnan(stats[present.index(reference)][0]):
                 ax.axhline(stats[present.index(reference)][0], color="0.4", linestyle="--", linewidth=1)
             ax.set_title(f"{label} (axis not from 0)")
