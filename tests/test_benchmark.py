@@ -3,6 +3,7 @@ per-group metrics and the ``exclude_history`` protocol option."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -409,7 +410,7 @@ def test_an_interrupted_command_stops_running_and_starting_runs(tmp_path):
     assert not runs._live_runs and not runs._stopping.is_set()  # cleared when the command's block ends
 
 
-def test_killed_benchmark_resumes_its_run_with_the_same_result(tmp_path):
+def test_killed_benchmark_resumes_its_run_with_the_same_result_in_a_moved_folder(tmp_path):
     epochs = ["--epochs=4", "--stopping_step=100"]  # four epochs whatever validation says
     args = ["--dataset=ml-100k", "--models=DiffCLRec", "--seeds=2020", "--length_groups=-21,22-",
             *[a for a in TINY if not a.startswith("--epochs")], *epochs]
@@ -427,6 +428,10 @@ def test_killed_benchmark_resumes_its_run_with_the_same_result(tmp_path):
     assert not (out / "runs" / "DiffCLRec-2020.json").exists()
     assert list((out / "checkpoints" / "DiffCLRec-2020").glob("*-last.pth"))
 
+    # The folder moves (another disk, machine or session) and the same command continues it there.
+    moved = tmp_path / "elsewhere" / "cut"
+    moved.parent.mkdir()
+    out = Path(shutil.move(str(out), str(moved)))
     again = run_module("recbole_diffcl.benchmark", [*args, f"--out={out}"], cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "DiffCLRec seed 2020: resuming from" in again.stdout
@@ -440,6 +445,8 @@ def test_killed_benchmark_resumes_its_run_with_the_same_result(tmp_path):
     for key in ("test_result", "best_valid_result", "valid_curve", "test_positions_by_length"):
         assert got[key] == expected[key], key
     assert got["epochs_run"] == 4
+    assert Path(got["last_checkpoint"]).parent == out / "checkpoints" / "DiffCLRec-2020"
+    assert not (tmp_path / "cut").exists()  # nothing written where the folder was
     assert pd.read_csv(out / "results.csv").drop(columns=["seconds_per_epoch", "wall_seconds", "peak_rss_mb",
         "test_eval_seconds"]).equals(pd.read_csv(tmp_path / "whole" / "results.csv").drop(
         columns=["seconds_per_epoch", "wall_seconds", "peak_rss_mb", "test_eval_seconds"]))
