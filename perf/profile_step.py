@@ -31,6 +31,7 @@ from recbole_diffcl.cli import parse_property_overrides  # noqa: E402
 from recbole_diffcl.data import create_dataset  # noqa: E402
 from recbole_diffcl.data.dataloader import training_loader  # noqa: E402
 from recbole_diffcl.quick_start import load_config  # noqa: E402
+from recbole_diffcl.trainer import fused_optimizer_wanted  # noqa: E402
 from recbole_diffcl.utils import keep_freed_memory  # noqa: E402
 
 # (owner, attribute) pairs wrapped in a record_function range named after them, when they exist.
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     init_seed(config["seed"], config["reproducibility"])
     model = model_class(config, train_data._dataset).to(config["device"])
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+    # the trainer's optimiser: Adam, fused where the trainer fuses it (fused_optimizer)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"], fused=fused_optimizer_wanted(config) or None)
     wants = args.warmup + args.steps + args.profile_steps
     batches = [b.to(config["device"]) for b in itertools.islice(iter(train_data), wants)]
     if len(batches) < wants:
@@ -131,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     for e in sorted((e for e in averages if e.key.startswith("phase:")), key=lambda e: -e.cpu_time_total):
         print(f"  {e.key[6:]:<32} {e.cpu_time_total / 1e3 / args.profile_steps:8.1f} ms/step  "
               f"{100 * e.cpu_time_total / total:5.1f}%  (calls/step {e.count / args.profile_steps:.0f})")
+    ops = [e for e in averages if e.key.startswith("aten::")]
+    small = [e for e in ops if e.self_cpu_time_total < 20 * e.count]  # under 20 us of own time per call
+    per_step = lambda v: v / args.profile_steps  # noqa: E731
+    print(f"\nOperator calls (aten): {per_step(sum(e.count for e in ops)):.0f} per step; those under 20 us each: "
+          f"{per_step(sum(e.count for e in small)):.0f} per step, {per_step(sum(e.self_cpu_time_total for e in small)) / 1e3:.1f} ms "
+          f"of own time per step (where the number of operations, not their size, costs)")
     print(f"\nOperators by self CPU time ({args.profile_steps} steps):")
     print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return 0
