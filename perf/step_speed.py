@@ -120,11 +120,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
-    parser.add_argument("--only", default="", help="comma-separated substrings of labels to run")
+    parser.add_argument("--only", default="", help="substrings of the labels to run, separated by ';' (labels contain commas), e.g. "
+                        "'SASRecPlus whole, auto;DiffCLRec whole, sync-free'")
     args = parser.parse_args(argv)
     cache: dict = {}
     print(f"device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, torch {torch.__version__}")
-    configs = [c for c in CONFIGS if not args.only or any(s in c[0] for s in args.only.split(","))]
+    configs = [c for c in CONFIGS if not args.only or any(s in c[0] for s in args.only.split(";"))]
     for label, model, overrides, amp in configs:
         try:
             measure(label, model, overrides, amp, args.dataset, cache, args)
