@@ -10,8 +10,10 @@
 #   cp -r ../shared/gpu .gpu && python -m recbole_diffcl.prepare amazon-beauty
 #   pip download -q --only-binary=:all: --python-version 3.12 -d .gpu-wheels-test pytest   # if the image lacks pytest
 # and run there: bash perf/gpu_check.sh  (each part has its own time limit; results in $OUT).
+# STEPS, WARMUP and EPOCHS shorten it (a smoke test on a CPU: STEPS=1 WARMUP=1, with a .gpu/setup-device.sh of one line).
 set -u
 out=${OUT:-/tmp/gpu-check}; mkdir -p "$out"
+steps=${STEPS:-40} warmup=${WARMUP:-10} epochs=${EPOCHS:-4}
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; lscpu | grep "Model name"; } \
     > "$out/machine.txt" 2>&1
 source .gpu/setup-device.sh > "$out/setup.txt" 2>&1 || { echo "setup failed: $out/setup.txt"; exit 1; }
@@ -21,12 +23,12 @@ fi
 git rev-parse HEAD > "$out/commit.txt" 2>/dev/null
 timeout 240 python3 -m pytest -q tests/test_cuda.py > "$out/test_cuda.txt" 2>&1
 echo "test_cuda exit $?" >> "$out/test_cuda.txt"
-timeout 240 python3 perf/step_speed.py --dataset=amazon-beauty --steps=40 --warmup=10 \
+timeout 240 python3 perf/step_speed.py --dataset=amazon-beauty --steps=$steps --warmup=$warmup \
     --only="SASRecPlus whole, auto;DiffCLRec whole, auto;SASRecPlus whole, sync-free;DiffCLRec whole, sync-free" \
     > "$out/step_speed.txt" 2>&1
 echo "step_speed exit $?" >> "$out/step_speed.txt"
 for sync_free in False True; do
-  timeout 240 python3 perf/speed.py --dataset=amazon-beauty --models=SASRecPlus,DiffCLRec --epochs=4 --devices=cuda \
+  timeout 240 python3 perf/speed.py --dataset=amazon-beauty --models=SASRecPlus,DiffCLRec --epochs=$epochs --devices=cuda \
       --sync_free_steps=$sync_free --out="$out/speed_sync_free_$sync_free.md" > "$out/speed_sync_free_$sync_free.txt" 2>&1
   echo "speed exit $?" >> "$out/speed_sync_free_$sync_free.txt"
 done
