@@ -31,7 +31,6 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-
 def fused_optimizer_wanted(config) -> bool:
     """Whether Adam and AdamW run as torch's fused implementation: ``fused_optimizer`` (auto: on a CPU) and a
     torch with the fused CPU kernels (2.4 and later)."""
@@ -39,6 +38,7 @@ def fused_optimizer_wanted(config) -> bool:
     if wanted == "auto":
         wanted = torch.device(config["device"] or "cpu").type == "cpu"
     return bool(wanted) and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)
+
 
 class TrainingBudgetSpent(Exception):
     """Raised at the start of an epoch once ``max_train_seconds`` of training have passed."""
