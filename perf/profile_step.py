@@ -1,14 +1,16 @@
 """Where a training step's time goes: per-step seconds, per-phase and per-operator profile.
 
     python perf/profile_step.py --dataset=amazon-sports --model=DiffCLRec --steps=30 \
-        [--length_bucketing=True] [--key=value ...]
+        [--length_bucketing=True] [--flops] [--shapes] [--key=value ...]
 
 Builds the dataset, training batches and model exactly as the runner does (same property layering),
 then runs ``--warmup`` + ``--steps`` optimiser steps on real training batches (Adam, as the trainer) and
-prints the mean seconds per step, then profiles ``--profile_steps`` more steps with torch.profiler and
+prints the mean seconds per step (``--flops``: and the matrix products' GFLOP per step, forward and
+backward), then profiles ``--profile_steps`` more steps with torch.profiler and
 prints (1) the time inside named phases of the step (model methods wrapped in record_function ranges,
 forward only; their backward shows up under the autograd operators) and (2) the operators with the
-most self CPU time. Nothing is trained to the end; nothing is written.
+most self CPU time (``--shapes``: and the matrix products by input shapes); ``--profile_steps=0`` times
+only. Nothing is trained to the end; nothing is written.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from recbole_diffcl.data.dataloader import training_loader  # noqa: E402
 from recbole_diffcl.quick_start import load_config  # noqa: E402
 from recbole_diffcl.trainer import fused_optimizer_wanted  # noqa: E402
 from recbole_diffcl.utils import keep_freed_memory  # noqa: E402
+
+PRODUCTS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")
 
 # (owner, attribute) pairs wrapped in a record_function range named after them, when they exist.
 PHASES = [
@@ -72,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--profile_steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=25, help="operators listed")
+    parser.add_argument("--flops", action="store_true",
+                        help="also count the matrix products' floating-point operations of one step (forward and "
+                             "backward, torch's FlopCounterMode) and the rate the timed steps reached")
+    parser.add_argument("--shapes", action="store_true",
+                        help="also list the matrix products (mm, addmm, addmm_, bmm) by input shapes: which products cost")
     args, extra = parser.parse_known_args(argv)
     overrides: dict = parse_property_overrides(parser, extra)
     overrides.setdefault("show_progress", False)
@@ -113,11 +122,27 @@ def main(argv: list[str] | None = None) -> int:
         f"-> {per_step * len(train_data):.0f} s/epoch of pure training steps), {torch.get_num_threads()} threads"
     )
 
+    if args.flops:
+        from torch.utils import flop_counter
+
+        def addmm_in_place(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs):
+            return flop_counter.mm_flop(a_shape, b_shape)  # the fused CE's item-table gradient (not in torch's registry)
+
+        counts = []
+        for batch in timed:
+            with flop_counter.FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_in_place}) as counter:
+                step(batch)
+            counts.append(counter.get_total_flops())
+        flops = sum(counts) / len(counts)
+        print(f"matrix products: {flops / 1e9:.2f} GFLOP per step (mean of the same {len(timed)} batches), "
+              f"{flops / per_step / 1e9:.1f} GFLOP/s at the timed step")
+    if args.profile_steps <= 0:
+        return 0
     owners = {"model": model, "denoiser": getattr(model, "denoiser", None), "diffusion": diffusion}
     for owner_name, attr in PHASES:
         if owners.get(owner_name) is not None:
             _wrap(owners[owner_name], attr, f"phase:{owner_name}.{attr}")
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         for batch in batches[-args.profile_steps :]:
             with record_function("phase:step.loss_forward"):
                 optimizer.zero_grad()
@@ -141,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
           f"of own time per step (where the number of operations, not their size, costs)")
     print(f"\nOperators by self CPU time ({args.profile_steps} steps):")
     print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    if args.shapes:
+        products = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in PRODUCTS]
+        print(f"\nMatrix products by input shapes, the {args.rows} with the most own time (ms per step, calls per step):")
+        for e in sorted(products, key=lambda e: -e.self_cpu_time_total)[: args.rows]:
+            print(f"  {per_step(e.self_cpu_time_total) / 1e3:7.2f} ms  {per_step(e.count):5.1f}x  {e.key[6:]:<6} {e.input_shapes}")
     return 0
 
 
