@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_diffcl.cli import parse_property_overrides  # noqa: E402
-from recbole_diffcl.quick_start import build_data, load_config  # noqa: E402
+from recbole_diffcl.errors import exit_code_of  # noqa: E402
+from recbole_diffcl.quick_start import build_data, check_dataset, load_config  # noqa: E402
 from recbole_diffcl.utils import keep_freed_memory  # noqa: E402
 
 WARMUP = 5  # steps each way before timing
@@ -37,6 +38,7 @@ def step_times(model_name: str, dataset: str, scope: str, steps: int, overrides:
     model_class, config = load_config(model_name, dataset, None, {"show_progress": False, **overrides})
     keep_freed_memory(config["keep_freed_memory"], config["device"])  # as the runner does
     init_seed(config["seed"], config["reproducibility"])
+    check_dataset(config)  # missing files: a one-paragraph error, not a download attempt
     _, train_data, _, _ = build_data(config)
     model = model_class(config, train_data._dataset).to(config["device"])
     model.train()
@@ -96,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code_of(main))

@@ -32,7 +32,8 @@ from recbole_diffcl import diffusion  # noqa: E402
 from recbole_diffcl.cli import parse_property_overrides  # noqa: E402
 from recbole_diffcl.data import create_dataset  # noqa: E402
 from recbole_diffcl.data.dataloader import training_loader  # noqa: E402
-from recbole_diffcl.quick_start import load_config  # noqa: E402
+from recbole_diffcl.errors import exit_code_of  # noqa: E402
+from recbole_diffcl.quick_start import check_dataset, load_config  # noqa: E402
 from recbole_diffcl.trainer import fused_optimizer_wanted  # noqa: E402
 from recbole_diffcl.utils import keep_freed_memory  # noqa: E402
 
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     model_class, config = load_config(args.model, args.dataset, None, overrides)
     keep_freed_memory(config["keep_freed_memory"], config["device"])  # as the runner does
     init_seed(config["seed"], config["reproducibility"])
+    check_dataset(config)  # missing files: a one-paragraph error, not a download attempt
     dataset = create_dataset(config)
     train_data, _, _ = data_preparation(config, dataset)
     train_data = training_loader(config, train_data)
@@ -175,4 +177,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code_of(main))

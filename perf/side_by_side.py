@@ -127,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides.setdefault("data_path", str(ROOT / "dataset"))
     checkouts = {"old": Path(args.old).resolve(), "new": Path(args.new).resolve()}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    sys.path.insert(0, str(ROOT))
+    from recbole_diffcl.errors import UserError
+    from recbole_diffcl.quick_start import check_dataset, load_config
+
+    for v, path in checkouts.items():
+        if not (path / "recbole_diffcl").is_dir():
+            raise UserError(f"--{v}={path} is not a checkout of this project (no recbole_diffcl/ in it). Fix: make one "
+                            f"with `git worktree add ../base-COMMIT COMMIT` and pass its folder.")
+    for m in models:  # a wrong model name or missing dataset files: one paragraph here, not a worker's traceback
+        check_dataset(load_config(m, args.dataset, None, {"show_progress": False, **overrides})[1])
     times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in checkouts for m in models}
     faults: dict[tuple[str, str], list[int]] = {(v, m): [] for v in checkouts for m in models}
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,4 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.path.insert(0, str(ROOT))
+    from recbole_diffcl.errors import exit_code_of
+
+    sys.exit(exit_code_of(main))

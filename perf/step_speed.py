@@ -29,7 +29,8 @@ from recbole.utils import init_seed  # noqa: E402
 
 from recbole_diffcl.data import create_dataset  # noqa: E402
 from recbole_diffcl.data.dataloader import training_loader  # noqa: E402
-from recbole_diffcl.quick_start import load_config  # noqa: E402
+from recbole_diffcl.errors import UserError, exit_code_of  # noqa: E402
+from recbole_diffcl.quick_start import check_dataset, load_config  # noqa: E402
 
 # (label, model, property overrides, amp)
 CONFIGS = [
@@ -65,6 +66,7 @@ def measure(label, model_name, overrides, amp, dataset_name, cache, args, compil
     files = [str(Path(__file__).resolve().parents[1] / f) for f in files] if files else None
     model_class, config = load_config(model_name, dataset_name, files, {"show_progress": False, **overrides})
     if "data" not in cache:
+        check_dataset(config)  # missing files: a one-paragraph error, not a download attempt
         cache["data"] = data_preparation(config, create_dataset(config))[0]
     train_data = training_loader(config, cache["data"])
     init_seed(config["seed"], config["reproducibility"])
@@ -129,6 +131,8 @@ def main(argv=None) -> int:
     for label, model, overrides, amp in configs:
         try:
             measure(label, model, overrides, amp, args.dataset, cache, args)
+        except UserError:  # the input (dataset, properties) is wrong for every row: one message, then stop
+            raise
         except Exception as exc:  # a benchmark row that fails is reported, the others still run
             print(f"{label:<36} failed: {type(exc).__name__}: {exc}", flush=True)
     if args.compile:
@@ -141,4 +145,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code_of(main))

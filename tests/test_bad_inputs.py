@@ -38,6 +38,7 @@ FILES = {
 RUNNER = [sys.executable, str(ROOT / "run_recbole_diffcl.py")]
 PREPARE = [sys.executable, "-m", "recbole_diffcl.prepare"]
 BENCH = [sys.executable, "-m", "recbole_diffcl.benchmark"]
+PERF = {name: [sys.executable, str(ROOT / "perf" / f"{name}.py")] for name in ("profile_step", "step_speed", "side_by_side")}
 
 # (id, files, command, words the message must contain)
 CASES = [
@@ -108,6 +109,14 @@ CASES = [
     ("rb_interval_keeps_nobody", None, [*RUNNER, "--user_inter_num_interval=[0,2]"], ["3 or more", "no user"]),
     ("rb_not_repeatable", None, [*RUNNER, "--repeatable=False"], ["repeatable=False", "sequential"]),
     ("rb_sasrec_metric", None, [*RUNNER, "--model=SASRec", "--metrics=['NDCG','Hitt']"], ["Hitt"]),
+    # the speed scripts of perf/: missing data or a wrong checkout is a message, not a download attempt or a traceback
+    ("perf_profile_no_data", None, [*PERF["profile_step"], "--dataset=nosuch", "--model=SASRecPlus"],
+     ["'nosuch' was not found", "prepare"]),
+    ("perf_step_speed_no_data", None, [*PERF["step_speed"], "--dataset=nosuch"], ["'nosuch' was not found"]),
+    ("perf_side_by_side_old", "adir", [*PERF["side_by_side"], "--old=adir", "--rounds=2"],
+     ["--old=", "not a checkout", "git worktree add"]),
+    ("perf_side_by_side_no_data", None, [*PERF["side_by_side"], f"--old={ROOT}", "--dataset=nosuch", "--rounds=2"],
+     ["'nosuch' was not found"]),
 ]
 
 

@@ -218,7 +218,7 @@ def check_dataset_files(config: Any) -> None:
     known = ", ".join(sorted(BENCHMARKS))
     raise UserError(
         f"Dataset '{name}' was not found: {inter} does not exist, and '{name}' is neither a prepared "
-        f"benchmark ({known}) nor a dataset RecBole can download. Put its interactions in the "
+        f"benchmark ({known}) nor a dataset RecBole can download. Fix: put its interactions in the "
         f"RecBole atomic file {inter} (tab-separated, header 'user_id:token\\titem_id:token\\t"
         f"timestamp:float'; see {ATOMIC_DOCS}), or create it from a sequence file or ratings CSV "
         f"with: {prepare_command(name, data_root, 'FILE')}; or check --dataset and --data_path for a "
