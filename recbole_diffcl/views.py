@@ -83,9 +83,10 @@ def sample_views(model, item_seq: torch.Tensor, item_seq_len: torch.Tensor, enco
     elif logits is not None:  # the paper's views (the denoiser's own top-k), or the denoiser's for comparison
         scores = diffusion.topk_candidates(logits, model.aug_topk)
     model.record_view_statistics(original, real, denoiser_top, sampled, top[1] if top is not None else None)
-    if encode and original.numel():
-        z1, z2 = model.encode_views(views, item_seq_len, None)
-        model.contrastive_loss(z1, z2)  # records cl_acc
+    if encode and original.numel():  # the step's InfoNCE, which records cl_acc
+        pair_with_original = getattr(model, "cl_pair", "two_views") == "view_and_original"
+        model.views_contrastive_loss(views, item_seq_len, real,
+                                     model.forward(item_seq, item_seq_len) if pair_with_original else None)
     return {"item_seq": item_seq, "chosen": chosen, "original": original, "candidates": scores,
             "sampled": sampled, "views": views}
 
@@ -207,8 +208,8 @@ STAT_HELP = {
     "recon_top1": "denoiser's x0 prediction ranks the original item first (chosen positions, t ~ U{0..T-1})",
     "recon_topk": "original item among the denoiser's top-k",
     "repl_is_original": "replacement equal to the item it replaces",
-    "chosen_views_differ": "chosen positions where the two views differ",
-    "views_differ": "real positions where the two views differ",
+    "chosen_views_differ": "chosen positions where the two views differ (or the view and the original)",
+    "views_differ": "real positions where the two views differ (or the view and the original)",
     "pop_pct_replacement": "mean popularity percentile of the replacements (0 rarest, 1 most popular)",
     "pop_pct_original": "mean popularity percentile of the items they replace",
     "cl_acc": "InfoNCE accuracy: a view's twin ranked first among the 2B-1 other views",

@@ -134,3 +134,58 @@ def test_view_rec_loss_trains_on_the_views_with_the_original_targets():
     model.train()
     model.current_epoch, model.cl_warmup_epochs = 0, 1  # warm-up: no views at all
     assert dict(zip(model.loss_names, model.calculate_loss(batch)))["view_rec"] == 0
+
+
+def test_view_and_original_contrasts_one_view_with_the_recommenders_own_output(monkeypatch):
+    """``cl_pair: view_and_original``: one view per row is made and encoded, and the InfoNCE is that of the
+    original sequence's last-position output (from the recommender's pass) against the view's."""
+    no_dropout = dict(hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
+    model = make_model(DiffCLRec, cl_pair="view_and_original", cl_weight=1.0, **no_dropout, **SMALL)
+    model.train()
+    made, encoded = [], []
+    make_views, encode_views = diffusion.make_views, model.encode_views
+    monkeypatch.setattr(diffusion, "make_views", lambda *a: made.append(make_views(*a)) or made[-1])
+    monkeypatch.setattr(model, "encode_views", lambda views, *a: encoded.append(len(views)) or encode_views(views, *a))
+    batch = make_batch(seed=4)
+    cl_loss = model.calculate_loss(batch)[model.loss_names.index("cl")]
+    assert len(made) == 1 and len(made[0]) == 1 and encoded == [1]  # one view, one encoder pass of B rows
+    (view,) = made[0]
+    item_seq_len = batch["item_length"]
+    item_seq = model.trim(batch["item_id_list"], item_seq_len)
+    assert (view != item_seq).any() and ((view != item_seq) <= (item_seq != 0)).all()  # a real view
+    with torch.no_grad():
+        expected = model.contrastive_loss(model.forward(item_seq, item_seq_len), model.forward(view, item_seq_len))
+    assert torch.allclose(cl_loss, expected, atol=1e-5)
+    # the pair's gradient reaches the recommender's pass through the original's output (not only the view's)
+    cl_loss.backward()
+    assert model.item_embedding.weight.grad.abs().sum() > 0  # the views use a detached table (the default)
+
+
+def test_view_and_original_statistics_compare_the_view_with_the_original():
+    model = make_model(DiffCLRec, cl_pair="view_and_original", **SMALL)
+    model.pop_statistics()
+    model.calculate_loss(make_batch(seed=5))
+    stats = model.pop_statistics()
+    # the pair differs exactly where the replacement is not the replaced item
+    assert 0 < stats["chosen_views_differ"] <= 1
+    assert math.isclose(stats["chosen_views_differ"], 1 - stats["repl_is_original"], abs_tol=1e-6)
+
+
+def test_view_and_original_refuses_every_position():
+    from recbole_diffcl.errors import UserError
+
+    with pytest.raises(UserError, match="cl_positions: last"):
+        make_model(DiffCLRec, cl_pair="view_and_original", cl_positions="every", **SMALL)
+
+
+def test_view_diagnostics_follow_the_pair():
+    """``recbole_diffcl.views`` makes one step's views as training does: one view and cl_acc from its pair."""
+    from recbole_diffcl.views import sample_views
+
+    model = make_model(DiffCLRec, cl_pair="view_and_original", **SMALL)
+    model.eval()
+    batch = make_batch(seed=6)
+    model.pop_statistics()
+    out = sample_views(model, batch["item_id_list"], batch["item_length"])
+    stats = model.pop_statistics()
+    assert len(out["views"]) == 1 and out["sampled"].size(-1) == 1 and 0 <= stats["cl_acc"] <= 1

@@ -14,7 +14,8 @@ Each training step (defaults are the authors' settings for the Amazon datasets):
 5. ``L_nll`` (weight ``nll_weight``): cross-entropy of the x0 prediction against the original item,
    ``L_mse`` (weight ``mse_weight``): squared error to x0; both on chosen positions.
 6. Two views: at each chosen position draw an item from the prediction's top ``aug_topk``.
-7. ``L_cl`` (weight ``cl_weight``): InfoNCE between the two views' encodings.
+7. ``L_cl`` (weight ``cl_weight``): InfoNCE between the two views' encodings (``cl_pair: view_and_original``,
+   ours: one view against the original sequence's encoding from step 1's pass, a third less encoder work).
 
 Diffusion model and recommender share the item table and one optimiser. Inference is SASRec scoring.
 
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from recbole_diffcl import diffusion
 from recbole_diffcl import properties as P
 from recbole_diffcl.data.dataloader import training_item_counts
+from recbole_diffcl.errors import UserError
 from recbole_diffcl.model.contrastive import ContrastiveSequentialRecommender
 from recbole_diffcl.model.packing import PackedBatch
 
@@ -47,6 +49,8 @@ CANDIDATE_SCORES = ("dot", "cos", "debiased")
 INPUT_SCALES = ("none", "unit", "std")
 AUG_SAMPLING = ("topk_uniform", "softmax")
 AUG_EXCLUDE = ("none", "original", "history")
+#: what the InfoNCE contrasts: the paper's two views, or one view and the original sequence (ours)
+CL_PAIRS = ("two_views", "view_and_original")
 
 
 def timestep_range() -> P.Check:
@@ -92,6 +96,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
     supports_whole_sequence = True
     property_checks = {
         "cl_positions": P.one_of("last", "every"),
+        "cl_pair": P.one_of(*CL_PAIRS),
         "mask_ratio": P.probability(),
         "diffusion_steps": P.positive_int(),
         "noise_schedule": P.one_of(*diffusion.NOISE_SCHEDULES),
@@ -136,6 +141,15 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         self.nll_reduction = config["nll_reduction"] or "token"
         self.cl_detach_view_embeddings = config["cl_detach_view_embeddings"]
         self.cl_positions = config["cl_positions"] or "last"
+        self.cl_pair = optional("cl_pair", "two_views")
+        if self.cl_pair == "view_and_original" and self.cl_positions == "every":
+            raise UserError(
+                "cl_pair: view_and_original contrasts the view with the original sequence's last-position output "
+                "from the recommender's own pass, which has no output at every position outside whole-sequence "
+                "training; it cannot be combined with cl_positions: every. Fix: set cl_positions: last, or "
+                "cl_pair: two_views."
+            )
+        self.n_views = 1 if self.cl_pair == "view_and_original" else 2
         # ablations (the defaults are the method)
         self.aug_source = optional("aug_source", "diffusion")
         self.share_item_embedding = optional("share_item_embedding", True)
@@ -391,7 +405,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
 
         ``original``: the N items at the chosen positions; ``denoiser_top``: N x k, the denoiser's top-k
         candidates of its one-step x0 prediction in the training pass, best first; ``sampled``: N x 2, the
-        two views' replacements; ``candidates``: N x k, the ids the views drew them from. With ``chosen``
+        views' replacements (N x 1 with ``cl_pair: view_and_original``); ``candidates``: N x k, the ids the views drew them from. With ``chosen``
         (B x L, ``sync_free_steps``) the tensors hold every position (B x L ...) and the chosen ones count.
         """
         n_chosen = chosen.sum() if chosen is not None else None  # once per step, on the device
@@ -411,7 +425,8 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         if sampled is None:
             return
         record("repl_is_original", sampled == original[..., None])  # replacement = replaced item
-        differ = sampled[..., 0] != sampled[..., 1]
+        # the two sides of the contrastive pair: two views, or the one view and the original
+        differ = sampled[..., 0] != (sampled[..., 1] if sampled.size(-1) > 1 else original)
         record("chosen_views_differ", differ)  # share of chosen positions where views differ
         record("views_differ", differ, real.sum())  # share of all real positions (as CL4SRec's)
         if self.has_item_counts:  # mean popularity percentile (0 rarest, 1 most popular) of items in and out
@@ -433,7 +448,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, chosen: torch.Tensor, real: torch.Tensor,
         x0, x0_pred, logits, denoiser_top,
     ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
-        """(replacements: N x 2, one column per view; the candidates they were drawn from as (scores, ids),
+        """(replacements: N x ``n_views``, one column per view; the candidates they were drawn from as (scores, ids),
         N x k each, or None for the random and popularity sources)."""
         top = None
         if self.aug_source == "diffusion":
@@ -444,8 +459,8 @@ class DiffCLRec(ContrastiveSequentialRecommender):
                 scores = self.view_scores(item_seq, item_seq_len, real, chosen, x0, x0_pred, logits)
                 top = diffusion.topk_candidates(scores, self.aug_topk)
         if top is None:
-            return self.sample_replacements(chosen.shape if self.sync_free else int(chosen.sum())), None
-        return self.sample_replacements(top[1].shape[:-1], top[1], candidate_scores=top[0]), top
+            return self.sample_replacements(chosen.shape if self.sync_free else int(chosen.sum()), n_views=self.n_views), None
+        return self.sample_replacements(top[1].shape[:-1], top[1], self.n_views, candidate_scores=top[0]), top
 
     def view_rec_loss(
         self, views: list[torch.Tensor], item_seq: torch.Tensor, item_seq_len: torch.Tensor, interaction
@@ -469,7 +484,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, ...]:
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         item_seq = self.trim(interaction[self.ITEM_SEQ], item_seq_len)
-        rec_loss = self.next_item_loss(item_seq, item_seq_len, interaction)
+        original_output, rec_loss = self.encode_with_next_item_loss(item_seq, item_seq_len, interaction)
         zero = rec_loss.new_zeros(())
 
         # Forward diffusion on a few chosen positions, then predict x0 from both-sided context.
@@ -494,7 +509,7 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             candidates = top[1] if top is not None else None
             views = diffusion.make_views(item_seq, chosen, sampled)
             if self.cl_weight > 0:
-                cl_loss = self.views_contrastive_loss(views, item_seq_len, real)
+                cl_loss = self.views_contrastive_loss(views, item_seq_len, real, original_output)
             if self.aug_rec_weight > 0:
                 view_rec = self.view_rec_loss(views, item_seq, item_seq_len, interaction)
         self.record_view_statistics(original, real, denoiser_top, sampled, candidates,
@@ -508,11 +523,19 @@ class DiffCLRec(ContrastiveSequentialRecommender):
             self.aug_rec_weight * view_rec,
         )
 
-    def views_contrastive_loss(self, views: list[torch.Tensor], item_seq_len: torch.Tensor, real: torch.Tensor):
+    def views_contrastive_loss(
+        self, views: list[torch.Tensor], item_seq_len: torch.Tensor, real: torch.Tensor,
+        original_output: Optional[torch.Tensor] = None,
+    ):
         """InfoNCE between the two views: their last-position outputs, or (``cl_positions: every``) their
-        outputs at every real position."""
+        outputs at every real position; with ``cl_pair: view_and_original``, between the one view's
+        last-position output and ``original_output`` (B x d: the original sequence's, from the recommender's
+        pass, so the pair costs one encoder pass of B rows instead of two)."""
         # The authors embed views with a gradient-free copy of the table; detach() avoids copying it.
         item_weight = self.item_embedding.weight.detach() if self.cl_detach_view_embeddings else None
+        if self.cl_pair == "view_and_original":
+            (z,) = self.encode_views(views, item_seq_len, item_weight)
+            return self.contrastive_loss(original_output, z)
         if self.cl_positions == "every":
             # both views at every real position: the replacements sit at the same positions in both, so
             # position i of one view is the positive of position i of the other
