@@ -3,6 +3,12 @@
     python perf/side_by_side.py --old=../baseline-checkout [--new=.] --dataset=amazon-beauty \
         --models=SASRecPlus,DiffCLRec --rounds=4 [--out=docs/results/side_by_side.md] [--key=value ...]
 
+Without ``--old`` only ``--new`` runs: each model's epoch over the first model's, in one run.
+``--models`` entries are model names or, as the benchmark's, labelled configurations
+``LABEL=MODEL[:a.yaml+b.yaml]`` (e.g. ``DiffCLRec-pair=DiffCLRec:benchmarks/campaign/cl-pair-view-and-original.yaml``),
+whose files are read by every checkout (one that does not know a property ignores it: compare such
+entries without ``--old``).
+
 For every (checkout, model) a worker process builds the data, the model and its trainer once, as the
 runner does, with that checkout's code. The parent then asks the workers for one training epoch at a
 time (RecBole's ``_train_epoch`` of the run's trainer: collation, steps, loss logging), never two at once,
@@ -29,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(checkout: str, model: str, dataset: str, overrides: dict) -> None:
+def worker(checkout: str, model: str, dataset: str, overrides: dict, config_files: list[str]) -> None:
     """Build the run once; for each line ``epoch K`` on stdin train epoch K and print its seconds."""
     sys.path.insert(0, checkout)
     import torch
@@ -39,7 +45,7 @@ def worker(checkout: str, model: str, dataset: str, overrides: dict) -> None:
     from recbole_diffcl.trainer import get_trainer
 
     props = {"show_progress": False, "state": "ERROR", "log_wandb": False, **overrides}
-    model_class, config = load_config(model, dataset, None, props)
+    model_class, config = load_config(model, dataset, config_files or None, props)
     try:  # as the runner does (checkouts before keep_freed_memory have neither)
         from recbole_diffcl.utils import keep_freed_memory
 
@@ -61,9 +67,10 @@ def worker(checkout: str, model: str, dataset: str, overrides: dict) -> None:
 
 
 class Worker:
-    def __init__(self, checkout: Path, model: str, dataset: str, overrides: dict, workdir: Path):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"--checkout={checkout}", f"--model={model}",
-               f"--dataset={dataset}", f"--overrides={json.dumps(overrides)}"]
+    def __init__(self, checkout: Path, entry, dataset: str, overrides: dict, workdir: Path):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"--checkout={checkout}",
+               f"--model={entry.model}", f"--dataset={dataset}", f"--overrides={json.dumps(overrides)}",
+               f"--config_files={json.dumps(list(entry.config_files))}"]
         env = {**os.environ, "PYTHONPATH": str(checkout)}
         self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
@@ -107,36 +114,45 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--old", help="the baseline checkout (a folder with recbole_diffcl/)")
+    parser.add_argument("--old", help="the baseline checkout (a folder with recbole_diffcl/); without it, --new alone")
     parser.add_argument("--new", default=str(ROOT), help="the checkout to compare (default: this one)")
     parser.add_argument("--dataset", default="amazon-beauty")
-    parser.add_argument("--models", default="SASRecPlus,DiffCLRec")
+    parser.add_argument("--models", default="SASRecPlus,DiffCLRec",
+                        help="model names or labelled configurations LABEL=MODEL[:a.yaml+b.yaml], comma separated")
     parser.add_argument("--rounds", type=int, default=4, help="epochs per (checkout, model); the first is warm-up")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkout", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--config_files", default="[]", help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args(argv)
     if args.worker:
-        worker(args.checkout, args.model, args.dataset, json.loads(args.overrides))
+        worker(args.checkout, args.model, args.dataset, json.loads(args.overrides), json.loads(args.config_files))
         return 0
-    if not args.old or args.rounds < 2:
-        parser.error("--old is required and --rounds must be >= 2 (one warm-up round)")
+    if args.rounds < 2:
+        parser.error("--rounds must be >= 2 (one warm-up round)")
     overrides = dict(item[2:].split("=", 1) for item in extra if item.startswith("--") and "=" in item)
     overrides.setdefault("data_path", str(ROOT / "dataset"))
-    checkouts = {"old": Path(args.old).resolve(), "new": Path(args.new).resolve()}
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    checkouts = {"new": Path(args.new).resolve()}
+    if args.old:
+        checkouts = {"old": Path(args.old).resolve(), **checkouts}
     sys.path.insert(0, str(ROOT))
+    from recbole_diffcl.benchmark import parse_model_entries
     from recbole_diffcl.errors import UserError
     from recbole_diffcl.quick_start import check_dataset, load_config
+
+    entries = {e.label: e for e in parse_model_entries(args.models)}
+    models = list(entries)
 
     for v, path in checkouts.items():
         if not (path / "recbole_diffcl").is_dir():
             raise UserError(f"--{v}={path} is not a checkout of this project (no recbole_diffcl/ in it). Fix: make one "
                             f"with `git worktree add ../base-COMMIT COMMIT` and pass its folder.")
     for m in models:  # a wrong model name or missing dataset files: one paragraph here, not a worker's traceback
-        check_dataset(load_config(m, args.dataset, None, {"show_progress": False, **overrides})[1])
+        e = entries[m]
+        check_dataset(load_config(e.model, args.dataset, list(e.config_files) or None,
+                                  {"show_progress": False, **overrides})[1])
     times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in checkouts for m in models}
     faults: dict[tuple[str, str], list[int]] = {(v, m): [] for v in checkouts for m in models}
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             for m in models:
                 folder = Path(tmp) / f"{v}-{m}"
                 folder.mkdir()
-                workers[v, m] = Worker(path, m, args.dataset, {**overrides, "checkpoint_dir": str(folder / "saved")},
-                                       folder)
+                workers[v, m] = Worker(path, entries[m], args.dataset,
+                                       {**overrides, "checkpoint_dir": str(folder / "saved")}, folder)
         threads = workers[next(iter(workers))].info["threads"]
         for r in range(args.rounds):
-            order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
+            order = list(checkouts) if r % 2 == 0 else list(checkouts)[::-1]
             for m in models:
                 for v in order:
                     epoch = workers[v, m].epoch(r)
@@ -160,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             w.close()
 
     median = {key: statistics.median(values[1:]) for key, values in times.items()}
+    if "old" not in checkouts:
+        return report_one_checkout(args, argv, checkouts["new"], models, times, faults, median, threads)
     lines = [
         f"Side by side, {datetime.now().strftime('%Y-%m-%d %H:%M')}, {machine()}, {threads} torch threads; "
         f"{args.dataset}, {args.rounds - 1} measured rounds after one warm-up, old and new alternating.",
@@ -179,11 +197,34 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{s:.1f}" for s in times['old', m]) + "; " + ", ".join(f"{s:.1f}" for s in times['new', m])
             + " |"
         )
+    return write_table(lines, args.out)
+
+
+def report_one_checkout(args, argv, checkout: Path, models: list[str], times, faults, median, threads) -> int:
+    """The table without ``--old``: each model's median epoch and its ratio to the first model's."""
+    lines = [
+        f"Side by side, {datetime.now().strftime('%Y-%m-%d %H:%M')}, {machine()}, {threads} torch threads; "
+        f"{args.dataset}, {args.rounds - 1} measured rounds after one warm-up, the models in turn.",
+        f"checkout = {checkout} ({git_commit(checkout)}); command: `python perf/side_by_side.py "
+        + " ".join(sys.argv[1:] if argv is None else argv) + "`",
+        "",
+        f"| model | s / epoch | x {models[0]} | page faults / epoch | epochs (s) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for m in models:
+        lines.append(
+            f"| {m} | {median['new', m]:.1f} | {median['new', m] / median['new', models[0]]:.2f} | "
+            f"{statistics.median(faults['new', m][1:]):,.0f} | " + ", ".join(f"{s:.1f}" for s in times['new', m]) + " |"
+        )
+    return write_table(lines, args.out)
+
+
+def write_table(lines: list[str], out) -> int:
     table = "\n".join(lines)
     print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n", encoding="utf-8")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(table + "\n", encoding="utf-8")
     return 0
 
 

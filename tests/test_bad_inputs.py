@@ -117,6 +117,8 @@ CASES = [
      ["--old=", "not a checkout", "git worktree add"]),
     ("perf_side_by_side_no_data", None, [*PERF["side_by_side"], f"--old={ROOT}", "--dataset=nosuch", "--rounds=2"],
      ["'nosuch' was not found"]),
+    ("perf_side_by_side_no_file", None, [*PERF["side_by_side"], "--models=SASRecPlus,X=DiffCLRec:nosuch.yaml", "--rounds=2"],
+     ["nosuch.yaml", "does not exist"]),
 ]
 
 
