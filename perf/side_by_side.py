@@ -132,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.rounds < 2:
         parser.error("--rounds must be >= 2 (one warm-up round)")
+    if args.old is not None and not args.old.strip():
+        parser.error("--old is empty (an unset variable?): give a checkout's folder, or leave --old out")
     overrides = dict(item[2:].split("=", 1) for item in extra if item.startswith("--") and "=" in item)
     overrides.setdefault("data_path", str(ROOT / "dataset"))
     checkouts = {"new": Path(args.new).resolve()}
-    if args.old:
+    if args.old is not None:
         checkouts = {"old": Path(args.old).resolve(), **checkouts}
     sys.path.insert(0, str(ROOT))
     from recbole_diffcl.benchmark import parse_model_entries
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         threads = workers[next(iter(workers))].info["threads"]
         for r in range(args.rounds):
             order = list(checkouts) if r % 2 == 0 else list(checkouts)[::-1]
-            for m in models:
+            # with one checkout the models alternate instead, so that drift falls on none of them alone
+            for m in (models if r % 2 == 0 or len(checkouts) > 1 else models[::-1]):
                 for v in order:
                     epoch = workers[v, m].epoch(r)
                     times[v, m].append(epoch["seconds"])
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_one_checkout(args, argv, checkout: Path, models: list[str], times, faults, median, threads) -> int:
-    """The table without ``--old``: each model's median epoch and its ratio to the first model's."""
+    """The table without ``--old``: each model's median epoch and its ratio to the first model's (the models
+    in turn, in reverse order every other round)."""
     lines = [
         f"Side by side, {datetime.now().strftime('%Y-%m-%d %H:%M')}, {machine()}, {threads} torch threads; "
         f"{args.dataset}, {args.rounds - 1} measured rounds after one warm-up, the models in turn.",
