@@ -190,17 +190,19 @@ def report(model, dataset, config, training: tuple, rows: list[int]) -> tuple[li
             record = {"user_id": user, "position": p, "item": items[p], "chosen": int(k is not None),
                       "candidates": "", "candidate_scores": "", "view1": items[p], "view2": items[p]}
             if k is not None:
-                v1, v2 = token(sampled[k].tolist())
+                drawn = token(sampled[k].tolist())
+                # with cl_pair: view_and_original the second side of the pair is the original sequence
+                v1, v2 = drawn if len(drawn) > 1 else (drawn[0], items[p])
                 record.update(view1=v1, view2=v2)
-                text = f"  position {p}: {items[p]} -> view 1 {v1}, view 2 {v2}"
+                text = f"  position {p}: {items[p]} -> view 1 {v1}, " + (f"view 2 {v2}" if len(drawn) > 1 else "paired with the original")
                 if cands is not None:
                     ids, scores = token(cands.indices[k].tolist()), cands.values[k].tolist()
                     record.update(candidates=" ".join(ids), candidate_scores=" ".join(f"{s:.3f}" for s in scores))
                     text += "; candidates " + ", ".join(f"{i} ({s:.2f})" for i, s in zip(ids, scores))
                 lines.append(text)
             records.append(record)
-        for v in (0, 1):
-            lines.append(f"  view {v + 1}: " + " ".join(token(out["views"][v][r, :length].tolist())))
+        for v, view in enumerate(out["views"]):
+            lines.append(f"  view {v + 1}: " + " ".join(token(view[r, :length].tolist())))
     return lines, records
 
 
@@ -212,7 +214,7 @@ STAT_HELP = {
     "views_differ": "real positions where the two views differ (or the view and the original)",
     "pop_pct_replacement": "mean popularity percentile of the replacements (0 rarest, 1 most popular)",
     "pop_pct_original": "mean popularity percentile of the items they replace",
-    "cl_acc": "InfoNCE accuracy: a view's twin ranked first among the 2B-1 other views",
+    "cl_acc": "InfoNCE accuracy: a view's twin (the other view, or the original) ranked first among the 2B-1 others",
     "view_cand_original": "original item among the candidates the views draw from (when those are not the "
     "denoiser's own top-k: other scores, timesteps or exclusions)",
 }

@@ -31,7 +31,8 @@ def test_gradients_reach_encoder_and_denoiser():
 @pytest.mark.parametrize("detach", [True, False])
 def test_cl_loss_moves_item_table_only_when_not_detached(detach):
     torch.manual_seed(0)
-    model = make_model(DiffCLRec, mask_ratio=0.5, cl_detach_view_embeddings=detach, **SMALL)
+    # two views: with our default view_and_original the original's side always reaches the table
+    model = make_model(DiffCLRec, mask_ratio=0.5, cl_detach_view_embeddings=detach, cl_pair="two_views", **SMALL)
     cl = model.calculate_loss(make_batch())[model.loss_names.index("cl")]
     assert cl.item() > 0
     cl.backward()

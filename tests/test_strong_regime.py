@@ -261,7 +261,7 @@ def test_whole_sequence_training_keeps_histories_and_lengths_of_the_prefix_rows(
 
 def test_contrastive_loss_at_every_position_pairs_positions_across_views(monkeypatch):
     torch.manual_seed(0)
-    model = make_model(DiffCLRec, mask_ratio=0.4, cl_positions="every", **SMALL)
+    model = make_model(DiffCLRec, mask_ratio=0.4, cl_positions="every", cl_pair="two_views", **SMALL)
     batch = make_batch(batch=8, shortest=3, longest=12)
     seen = {}
     original = model.contrastive_loss

@@ -24,7 +24,7 @@ def views_of(model, batch):
 
 
 def test_defaults_are_the_papers_views():
-    model = make_model(DiffCLRec, **SMALL)
+    model = make_model(DiffCLRec, cl_pair="two_views", **SMALL)  # (our default pairs one view with the original)
     assert (model.aug_candidate_scores, model.diffusion_input_scale, model.aug_sampling, model.aug_exclude) == (
         "dot", "none", "topk_uniform", "none")
     assert model.aug_timesteps == (0, 100) and model.views_use_training_pass and model.aug_rec_weight == 0
@@ -108,7 +108,8 @@ def test_narrow_timestep_range_makes_views_from_a_pass_of_their_own():
 
 
 def test_softmax_sampling_follows_the_temperature():
-    model = make_model(DiffCLRec, aug_sampling="softmax", aug_temperature=1e-4, aug_candidate_scores="cos", **SMALL)
+    model = make_model(DiffCLRec, aug_sampling="softmax", aug_temperature=1e-4, aug_candidate_scores="cos",
+                       cl_pair="two_views", **SMALL)
     item_seq, chosen, sampled, candidates = views_of(model, make_batch(seed=5))
     assert torch.equal(sampled[:, 0], candidates[:, 0]) and torch.equal(sampled[:, 1], candidates[:, 0])
     model.aug_temperature = 1e4  # nearly uniform over the top-k

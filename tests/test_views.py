@@ -25,7 +25,9 @@ def test_views_of_named_users_printed_and_written_as_csv(checkpoint, tmp_path, c
     out = tmp_path / "views.csv"
     assert views.main(["--checkpoint", checkpoint, "--users", "166,50", "--csv", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "user 166:" in printed and "user 50:" in printed and "view 2:" in printed
+    # our default cl_pair (view_and_original): one view per user, its pair is the original sequence
+    assert "user 166:" in printed and "user 50:" in printed and "view 1:" in printed and "view 2:" not in printed
+    assert "paired with the original" in printed
     for name in ("recon_top1", "recon_topk", "repl_is_original", "views_differ", "pop_pct_original", "cl_acc"):
         assert name in printed
     rows = list(csv.DictReader(out.open()))
@@ -35,7 +37,7 @@ def test_views_of_named_users_printed_and_written_as_csv(checkpoint, tmp_path, c
     for r in chosen:
         candidates = r["candidates"].split()
         assert len(candidates) == 10 and len(r["candidate_scores"].split()) == 10
-        assert r["view1"] in candidates and r["view2"] in candidates  # drawn from the top-k
+        assert r["view1"] in candidates and r["view2"] == r["item"]  # drawn from the top-k; paired with the original
         scores = [float(s) for s in r["candidate_scores"].split()]
         assert scores == sorted(scores, reverse=True)
     for r in rows:
