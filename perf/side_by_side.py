@@ -41,8 +41,14 @@ def worker(checkout: str, model: str, dataset: str, overrides: dict, config_file
     import torch
     from recbole.utils import init_seed
 
+    import recbole_diffcl
     from recbole_diffcl.quick_start import build_data, load_config
     from recbole_diffcl.trainer import get_trainer
+
+    # every epoch of this worker must run its checkout's code (2026-12-07 to 12-08 the workers imported this
+    # script's own checkout first, so --old measured the new code: the check keeps that from coming back)
+    if Path(recbole_diffcl.__file__).resolve().parents[1] != Path(checkout).resolve():
+        raise SystemExit(f"the worker for {checkout} imported {recbole_diffcl.__file__}")
 
     props = {"show_progress": False, "state": "ERROR", "log_wandb": False, **overrides}
     model_class, config = load_config(model, dataset, config_files or None, props)
@@ -233,6 +239,8 @@ def write_table(lines: list[str], out) -> int:
 
 
 if __name__ == "__main__":
+    if "--worker" in sys.argv[1:]:  # a worker imports only its own checkout's package (worker())
+        sys.exit(main())
     sys.path.insert(0, str(ROOT))
     from recbole_diffcl.errors import exit_code_of
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -322,3 +323,15 @@ def test_valid_recbole_forms_are_accepted(tmp_path):
     config_from_checkpoint(stored)
     # loss_type SSM end to end
     assert run("SASRecPlus", "ml-100k", config_dict={**tiny_config(tmp_path), "loss_type": "SSM"})["test_result"]
+
+
+def test_side_by_side_worker_runs_its_own_checkout(tmp_path):
+    """A worker of perf/side_by_side.py imports the package of the checkout it measures, not the script's own
+    (it did for a while, so that --old timed the new code twice)."""
+    fake = tmp_path / "checkout" / "recbole_diffcl"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "quick_start.py").write_text("raise SystemExit('the checkout under test was imported')\n")
+    proc = subprocess.run([*PERF["side_by_side"], "--worker", f"--checkout={fake.parent}", "--model=SASRecPlus",
+                           "--dataset=ml-100k"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "the checkout under test was imported" in proc.stderr, proc.stderr[-2000:]
