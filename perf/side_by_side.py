@@ -188,12 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     if "old" not in checkouts:
         return report_one_checkout(args, argv, checkouts["new"], models, times, faults, median, threads)
     lines = [
-        f"Side by side, {datetime.now().strftime('%Y-%m-%d %H:%M')}, {machine()}, {threads} torch threads; "
-        f"{args.dataset}, {args.rounds - 1} measured rounds after one warm-up, old and new alternating.",
-        f"old = {checkouts['old']} ({git_commit(checkouts['old'])}), new = {checkouts['new']} "
-        f"({git_commit(checkouts['new'])}); command: `python perf/side_by_side.py "
-        + " ".join(sys.argv[1:] if argv is None else argv) + "`",
-        "",
+        *header(args, argv, threads, "old and new alternating",
+                f"old = {checkouts['old']} ({git_commit(checkouts['old'])}), new = {checkouts['new']} "
+                f"({git_commit(checkouts['new'])})"),
         f"| model | old s / epoch | new s / epoch | new / old | old / {models[0]} | new / {models[0]} | "
         "page faults / epoch, old; new | epochs (s), old; new |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -213,11 +210,7 @@ def report_one_checkout(args, argv, checkout: Path, models: list[str], times, fa
     """The table without ``--old``: each model's median epoch and its ratio to the first model's (the models
     in turn, in reverse order every other round)."""
     lines = [
-        f"Side by side, {datetime.now().strftime('%Y-%m-%d %H:%M')}, {machine()}, {threads} torch threads; "
-        f"{args.dataset}, {args.rounds - 1} measured rounds after one warm-up, the models in turn.",
-        f"checkout = {checkout} ({git_commit(checkout)}); command: `python perf/side_by_side.py "
-        + " ".join(sys.argv[1:] if argv is None else argv) + "`",
-        "",
+        *header(args, argv, threads, "the models in turn", f"checkout = {checkout} ({git_commit(checkout)})"),
         f"| model | s / epoch | x {models[0]} | page faults / epoch | epochs (s) |",
         "|---|---:|---:|---:|---|",
     ]
@@ -227,6 +220,16 @@ def report_one_checkout(args, argv, checkout: Path, models: list[str], times, fa
             f"{statistics.median(faults['new', m][1:]):,.0f} | " + ", ".join(f"{s:.1f}" for s in times['new', m]) + " |"
         )
     return write_table(lines, args.out)
+
+
+def header(args, argv, threads: int, order: str, checkouts: str) -> list[str]:
+    """The table's first lines: when, where, how the epochs were ordered, which code, the command."""
+    return [
+        f"Side by side, {datetime.now().strftime('%Y-%m-%d %H:%M')}, {machine()}, {threads} torch threads; "
+        f"{args.dataset}, {args.rounds - 1} measured rounds after one warm-up, {order}.",
+        f"{checkouts}; command: `python perf/side_by_side.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`",
+        "",
+    ]
 
 
 def write_table(lines: list[str], out) -> int:

@@ -84,9 +84,8 @@ def sample_views(model, item_seq: torch.Tensor, item_seq_len: torch.Tensor, enco
         scores = diffusion.topk_candidates(logits, model.aug_topk)
     model.record_view_statistics(original, real, denoiser_top, sampled, top[1] if top is not None else None)
     if encode and original.numel():  # the step's InfoNCE, which records cl_acc
-        pair_with_original = getattr(model, "cl_pair", "two_views") == "view_and_original"
-        model.views_contrastive_loss(views, item_seq_len, real,
-                                     model.forward(item_seq, item_seq_len) if pair_with_original else None)
+        original_output = model.forward(item_seq, item_seq_len) if model.cl_pair == "view_and_original" else None
+        model.views_contrastive_loss(views, item_seq_len, real, original_output)
     return {"item_seq": item_seq, "chosen": chosen, "original": original, "candidates": scores,
             "sampled": sampled, "views": views}
 
@@ -194,7 +193,8 @@ def report(model, dataset, config, training: tuple, rows: list[int]) -> tuple[li
                 # with cl_pair: view_and_original the second side of the pair is the original sequence
                 v1, v2 = drawn if len(drawn) > 1 else (drawn[0], items[p])
                 record.update(view1=v1, view2=v2)
-                text = f"  position {p}: {items[p]} -> view 1 {v1}, " + (f"view 2 {v2}" if len(drawn) > 1 else "paired with the original")
+                pair = f"view 2 {v2}" if len(drawn) > 1 else "paired with the original"
+                text = f"  position {p}: {items[p]} -> view 1 {v1}, {pair}"
                 if cands is not None:
                     ids, scores = token(cands.indices[k].tolist()), cands.values[k].tolist()
                     record.update(candidates=" ".join(ids), candidate_scores=" ".join(f"{s:.3f}" for s in scores))

@@ -150,7 +150,6 @@ class DiffCLRec(ContrastiveSequentialRecommender):
                 "training; it cannot be combined with cl_positions: every. Fix: set cl_positions: last, or "
                 "cl_pair: two_views."
             )
-        self.n_views = 1 if self.cl_pair == "view_and_original" else 2
         # ablations (the defaults are the method)
         self.aug_source = optional("aug_source", "diffusion")
         self.share_item_embedding = optional("share_item_embedding", True)
@@ -314,6 +313,11 @@ class DiffCLRec(ContrastiveSequentialRecommender):
 
     # -- views ----------------------------------------------------------------------------------------
     @property
+    def n_views(self) -> int:
+        """Views made per sequence: one with ``cl_pair: view_and_original`` (the original is its pair), else two."""
+        return 1 if self.cl_pair == "view_and_original" else 2
+
+    @property
     def views_use_training_pass(self) -> bool:
         """Whether the views draw from the x0 prediction of the NLL's own pass (the paper: one-step x0
         prediction, timesteps over the whole range), rather than from a pass of their own."""
@@ -405,8 +409,8 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         """Per-epoch view diagnostics from tensors the step already has (no extra passes, no host reads).
 
         ``original``: the N items at the chosen positions; ``denoiser_top``: N x k, the denoiser's top-k
-        candidates of its one-step x0 prediction in the training pass, best first; ``sampled``: N x 2, the
-        views' replacements (N x 1 with ``cl_pair: view_and_original``); ``candidates``: N x k, the ids the views drew them from. With ``chosen``
+        candidates of its one-step x0 prediction in the training pass, best first; ``sampled``: N x
+        ``n_views``, the views' replacements; ``candidates``: N x k, the ids the views drew them from. With ``chosen``
         (B x L, ``sync_free_steps``) the tensors hold every position (B x L ...) and the chosen ones count.
         """
         n_chosen = chosen.sum() if chosen is not None else None  # once per step, on the device
@@ -449,8 +453,8 @@ class DiffCLRec(ContrastiveSequentialRecommender):
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, chosen: torch.Tensor, real: torch.Tensor,
         x0, x0_pred, logits, denoiser_top,
     ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
-        """(replacements: N x ``n_views``, one column per view; the candidates they were drawn from as (scores, ids),
-        N x k each, or None for the random and popularity sources)."""
+        """(replacements: N x ``n_views``, one column per view; the candidates they were drawn from as
+        (scores, ids), N x k each, or None for the random and popularity sources)."""
         top = None
         if self.aug_source == "diffusion":
             default = self.views_use_training_pass and self.aug_candidate_scores == "dot" and self.aug_exclude == "none"
@@ -460,7 +464,8 @@ class DiffCLRec(ContrastiveSequentialRecommender):
                 scores = self.view_scores(item_seq, item_seq_len, real, chosen, x0, x0_pred, logits)
                 top = diffusion.topk_candidates(scores, self.aug_topk)
         if top is None:
-            return self.sample_replacements(chosen.shape if self.sync_free else int(chosen.sum()), n_views=self.n_views), None
+            shape = chosen.shape if self.sync_free else int(chosen.sum())
+            return self.sample_replacements(shape, n_views=self.n_views), None
         return self.sample_replacements(top[1].shape[:-1], top[1], self.n_views, candidate_scores=top[0]), top
 
     def view_rec_loss(
